@@ -1,0 +1,36 @@
+# varnet_ds — two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# On a CUDA box override, e.g.: make install TORCH_SPEC="torch==2.11.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+FASTMRI_SPEC ?= fastmri==0.3.0
+STAMP := $(VENV)/.install-stamp
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py requirements.txt requirements-dev.txt
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q $(TORCH_SPEC) -r requirements.txt -r requirements-dev.txt
+	$(VPY) -m pip install -q --no-deps $(FASTMRI_SPEC)
+	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
+	@bash scripts/install_brain_template.sh || true
+	$(VPY) -c "import torch, deepspeed, fastmri, omegaconf, wandb, h5py; print('installed: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| fastmri', fastmri.__version__ if hasattr(fastmri, '__version__') else '0.3.0')"
+	@touch $(STAMP)
+
+demo: install
+	$(VPY) -m varnet_ds.demo
+
+test: install
+	$(VPY) -m ruff check varnet_ds tests analysis
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q tests
+
+bench: install
+	$(VPY) -m varnet_ds.bench
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,238 @@
+"""Typed configuration schema (one dataclass per concern), merged with YAML and CLI dotlists by OmegaConf.
+
+Usage:
+    cfg = load_config("varnet_ds/conf/demo.yaml", ["train.epochs=3", "run.name=x"])
+    save_config(cfg, run_dir / "config.yaml")
+
+Unknown keys and wrong types raise :class:`ConfigError` naming the offending key before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the value."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "baseline"
+    out_dir: str = "runs/${run.name}"
+    seed: int = 42
+
+
+@dataclass
+class DataConfig:
+    train_path: Optional[str] = None  # knee multicoil train folder
+    val_path: Optional[str] = None  # knee multicoil val folder
+    transfer_path: Optional[str] = None  # brain multicoil folder (never trained on)
+    challenge: str = "multicoil"
+    mask_type: str = "random"  # fastMRI knee practice
+    center_fractions: List[float] = field(default_factory=lambda: [0.08, 0.04])
+    accelerations: List[int] = field(default_factory=lambda: [4, 8])
+    transfer_mask_type: str = "equispaced"  # fastMRI brain practice
+    batch_size: int = 1  # per GPU; VarNet slices differ in size, so 1 is the fastMRI default
+    num_workers: int = 4
+    sample_rate: Optional[float] = None  # fraction of training slices
+    volume_sample_rate: Optional[float] = None  # fraction of training volumes
+    max_val_volumes: Optional[int] = None  # cap on val/transfer volumes (demo / quick checks)
+    use_dataset_cache: bool = False
+    check_on_start: bool = True  # validate every file before training (varnet_ds.data.check)
+    skip_bad_files: bool = False  # skip bad files instead of failing fast
+
+
+@dataclass
+class ModelConfig:
+    num_cascades: int = 12
+    chans: int = 18
+    pools: int = 4
+    sens_chans: int = 8
+    sens_pools: int = 4
+    checkpointing: str = "cascades"  # none | cascades | all
+
+
+@dataclass
+class AugWeights:
+    fliph: float = 0.5
+    flipv: float = 0.5
+    rot90: float = 0.5
+    rotation: float = 0.5
+    translation: float = 1.0
+    scaling: float = 1.0
+    shearing: float = 1.0
+
+
+@dataclass
+class AugConfig:
+    enabled: bool = False
+    schedule: str = "exp"  # constant | ramp | exp
+    p_max: float = 0.55
+    delay: int = 0  # epochs with p = 0
+    exp_decay: float = 5.0
+    weights: AugWeights = field(default_factory=AugWeights)
+    max_translation_x: float = 0.125
+    max_translation_y: float = 0.08
+    max_rotation: float = 180.0
+    max_shearing_x: float = 15.0
+    max_shearing_y: float = 15.0
+    max_scaling: float = 0.25
+    upsample: bool = False
+    upsample_factor: int = 2
+    device: str = "cpu"  # cpu (in loader workers) | cuda (batched on the GPU in the train step)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    max_steps: Optional[int] = None  # optional cap on optimizer steps
+    lr: float = 3e-4
+    lr_step_size: int = 40
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    precision: str = "fp32"  # fp32 | bf16 (autocast, FFTs in fp32)
+    checkpoint_every_steps: int = 1000
+    keep_checkpoints: int = 3
+    max_bad_steps: int = 5  # non-finite losses in a row before stopping
+    memory_budget_gib: Optional[float] = None
+    init_weights: Optional[str] = None  # start from weights only (model_fp32.pt or a state_dict file)
+    resume: bool = True  # continue from run.out_dir/checkpoints/latest when present
+
+
+@dataclass
+class EvalConfig:
+    every_epochs: int = 1
+    every_steps: Optional[int] = None
+    knee_mask_type: str = "random"
+    brain_mask_type: str = "equispaced"
+    center_fractions: List[float] = field(default_factory=lambda: [0.08, 0.04])
+    accelerations: List[int] = field(default_factory=lambda: [4, 8])
+    image_panels: bool = True
+
+
+@dataclass
+class WandbConfig:
+    mode: Optional[str] = None  # online | offline | disabled; None = online if an API key is set, else offline
+    project: str = "varnet_ds"
+    entity: Optional[str] = None
+    group: Optional[str] = "knee2brain"
+    job_type: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 50
+    progress: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+_CHOICES = {
+    "model.checkpointing": ("none", "cascades", "all"),
+    "train.precision": ("fp32", "bf16"),
+    "aug.schedule": ("constant", "ramp", "exp"),
+    "aug.device": ("cpu", "cuda"),
+    "data.challenge": ("multicoil",),
+    "data.mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
+    "data.transfer_mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
+    "eval.knee_mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
+    "eval.brain_mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
+    "log.wandb.mode": (None, "online", "offline", "disabled"),
+}
+
+
+def _validate(cfg: DictConfig) -> None:
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' = {value!r}: must be one of {list(choices)}")
+    for key in ("data.center_fractions", "data.accelerations", "eval.center_fractions", "eval.accelerations"):
+        if len(OmegaConf.select(cfg, key)) == 0:
+            raise ConfigError(f"config key '{key}' is empty")
+    for a, b in (("data.center_fractions", "data.accelerations"), ("eval.center_fractions", "eval.accelerations")):
+        if len(OmegaConf.select(cfg, a)) != len(OmegaConf.select(cfg, b)):
+            raise ConfigError(f"config keys '{a}' and '{b}' must have the same length")
+    positive = ("train.epochs", "train.lr", "data.batch_size", "train.grad_accum", "log.every_steps",
+                "train.checkpoint_every_steps", "train.keep_checkpoints", "model.num_cascades")
+    for key in positive:
+        value = OmegaConf.select(cfg, key)
+        if value is None or value <= 0:
+            raise ConfigError(f"config key '{key}' = {value!r}: must be > 0")
+    if cfg.train.max_steps is not None and cfg.train.max_steps <= 0:
+        raise ConfigError(f"config key 'train.max_steps' = {cfg.train.max_steps}: must be > 0 or null")
+    if not 0.0 <= cfg.aug.p_max <= 1.0:
+        raise ConfigError(f"config key 'aug.p_max' = {cfg.aug.p_max}: must be in [0, 1]")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"config key 'data.num_workers' = {cfg.data.num_workers}: must be >= 0")
+
+
+def load_config(
+    path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (), resolve: bool = True
+) -> DictConfig:
+    """Merge the schema defaults, an optional YAML file and CLI dotlist overrides.
+
+    Args:
+        path: YAML file; a bare name like ``demo`` means ``varnet_ds/conf/demo.yaml``.
+        overrides: dotlist entries such as ``train.epochs=3``.
+        resolve: resolve interpolations (``${run.name}``) before returning.
+
+    Returns:
+        A structured, read-only-typed ``DictConfig`` whose keys are checked against :class:`Config`.
+
+    Raises:
+        ConfigError: unknown key, wrong type or invalid value; the message names the key.
+    """
+    schema = OmegaConf.structured(Config)
+    try:
+        cfg = schema
+        if path is not None:
+            p = Path(path)
+            if not p.exists() and (CONF_DIR / f"{path}.yaml").exists():
+                p = CONF_DIR / f"{path}.yaml"
+            if not p.exists():
+                raise ConfigError(f"config file not found: {path}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        if resolve:
+            OmegaConf.resolve(cfg)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        msg = str(getattr(err, "msg", err)).splitlines()[0]
+        raise ConfigError(f"config key '{key}': {msg}") from None
+    _validate(cfg)
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: Union[str, Path]) -> None:
+    """Write the resolved config as YAML (atomic replace)."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.replace(path)
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    """The resolved config as a plain dict (for W&B and JSON)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

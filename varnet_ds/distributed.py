@@ -1,0 +1,165 @@
+"""Process-group set-up for the DeepSpeed launcher, torchrun and a plain single process; DeepSpeed JSON loading.
+
+The DeepSpeed launcher and torchrun export ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``;
+a plain ``python varnet_ds/train.py`` gets a one-process group on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import torch
+
+from varnet_ds.config import ConfigError
+
+# Keys whose values come from our OmegaConf config, never from the DeepSpeed JSON.
+_OWNED_KEYS = {
+    "train_micro_batch_size_per_gpu": "data.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum",
+}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed() -> DistInfo:
+    """Initialise ``torch.distributed`` through DeepSpeed (NCCL on CUDA, gloo on CPU).
+
+    Returns:
+        The rank, world size, local rank and the device this rank computes on.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        os.environ["RANK"] = "0"
+        os.environ["WORLD_SIZE"] = "1"
+        os.environ["LOCAL_RANK"] = "0"
+    os.environ.setdefault("LOCAL_RANK", "0")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        backend = "nccl"
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        device = torch.device("cpu")
+        backend = "gloo"
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        try:
+            deepspeed.init_distributed(dist_backend=backend)
+        except RuntimeError as err:
+            if "address already in use" in str(err).lower() or "EADDRINUSE" in str(err):
+                raise RuntimeError(
+                    f"port {os.environ.get('MASTER_PORT')} on {os.environ.get('MASTER_ADDR')} is in use: "
+                    "another job is running there; pass `--master_port N` to the deepspeed launcher "
+                    "(or set MASTER_PORT) to a free port"
+                ) from err
+            raise
+    return DistInfo(
+        rank=torch.distributed.get_rank(),
+        world_size=torch.distributed.get_world_size(),
+        local_rank=local_rank,
+        device=device,
+    )
+
+
+def load_ds_config(path: Union[str, Path], batch_size: int, grad_accum: int) -> Dict[str, Any]:
+    """Read a DeepSpeed JSON and fill in what our config owns.
+
+    Keys starting with ``_`` are comments and are dropped. Batch size per GPU and gradient accumulation come
+    from ``data.batch_size`` and ``train.grad_accum``; DeepSpeed's ``fp16``/``bf16``/``amp`` module casting and
+    its own optimizer/scheduler blocks are refused because they break VarNet's FFTs or our schedule.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or sets a key we own or cannot support (named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--ds_config {path}: file not found")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--ds_config {path}: not valid JSON ({err})") from None
+    cfg = {k: v for k, v in raw.items() if not k.startswith("_")}
+    for key in ("fp16", "bf16", "amp"):
+        if isinstance(cfg.get(key), dict) and cfg[key].get("enabled", key == "amp"):
+            raise ConfigError(
+                f"--ds_config {path}: '{key}.enabled' casts the whole module and breaks VarNet's FFTs "
+                "(cuFFT has no bf16; fp16 only for power-of-two sizes). Remove it and set "
+                "train.precision=bf16 (autocast U-Nets with fp32 FFTs) instead"
+            )
+    for key in ("optimizer", "scheduler"):
+        if key in cfg:
+            raise ConfigError(
+                f"--ds_config {path}: '{key}' block is not supported: varnet_ds passes torch.optim.Adam and a "
+                "per-epoch StepLR from train.lr / train.lr_step_size / train.lr_gamma"
+            )
+    ours = {"train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": grad_accum}
+    for key, value in ours.items():
+        if key in cfg and cfg[key] != value:
+            raise ConfigError(
+                f"--ds_config {path}: '{key}' = {cfg[key]} conflicts with {_OWNED_KEYS[key]} = {value}; "
+                f"remove it from the JSON (it comes from {_OWNED_KEYS[key]})"
+            )
+    if "train_batch_size" in cfg:
+        raise ConfigError(
+            f"--ds_config {path}: 'train_batch_size' must not be set; it follows from data.batch_size x "
+            "train.grad_accum x world size"
+        )
+    cfg.update(ours)
+    stage = cfg.get("zero_optimization", {}).get("stage", 0)
+    if stage == 3:
+        raise ConfigError(
+            f"--ds_config {path}: zero_optimization.stage = 3 is not supported (parameters partitioned; "
+            "the 30M-param VarNet gains nothing from it): use ds_configs/zero2.json"
+        )
+    return cfg
+
+
+def all_reduce_flags(values: list, device: torch.device, op: str = "max") -> list:
+    """Agree on small per-rank numbers (e.g. stop and non-finite flags) across ranks."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        reduce_op = torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM
+        torch.distributed.all_reduce(t, op=reduce_op)
+    return t.tolist()
+
+
+def barrier() -> None:
+    """Synchronise all ranks (no-op without a process group)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Send a picklable object from ``src`` to every rank."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return obj
+    holder = [obj]
+    torch.distributed.broadcast_object_list(holder, src=src)
+    return holder[0]

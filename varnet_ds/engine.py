@@ -1,0 +1,303 @@
+"""The training engine: DeepSpeed ZeRO set-up, the train step, periodic evaluation, checkpoint/resume, signals.
+
+One :class:`Trainer` per process. Rank 0 owns ``metrics.jsonl``, W&B and every file except the DeepSpeed
+shards, which each rank saves itself.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from fastmri.losses import SSIMLoss
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from varnet_ds import checkpoint as ckpt
+from varnet_ds.config import save_config, to_dict
+from varnet_ds.distributed import DistInfo, all_reduce_flags, barrier, broadcast_object, load_ds_config
+from varnet_ds.evaluation import EvalOutput, EvalSplit, crop_pair, evaluate_split, model_inputs
+from varnet_ds.model import build_model
+from varnet_ds.runtime import (
+    build_train_loader,
+    check_data,
+    peak_memory_gib,
+    reset_peak_memory,
+    seed_everything,
+    versions,
+)
+from varnet_ds.tracking import Tracker
+
+EXIT_REQUEUE = 124  # exit code after a SIGTERM/SIGUSR1 checkpoint: "resume me" (see launch/slurm.sbatch)
+
+
+class Trainer:
+    """Trains a VarNet under DeepSpeed and evaluates it on knee val and brain transfer data.
+
+    Args:
+        cfg: the resolved config (``varnet_ds.config.load_config``).
+        ds_config_path: DeepSpeed JSON (``ds_configs/zero2.json``).
+        dist: process placement from ``varnet_ds.distributed.init_distributed``.
+    """
+
+    def __init__(self, cfg: DictConfig, ds_config_path: str, dist: DistInfo) -> None:
+        import deepspeed
+
+        self.cfg, self.dist = cfg, dist
+        self.run_dir = Path(cfg.run.out_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        ds_cfg = load_ds_config(ds_config_path, cfg.data.batch_size, cfg.train.grad_accum)
+        seed_everything(cfg.run.seed, dist.rank)
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.bad_files = check_data(cfg, dist)
+        model = build_model(cfg.model, cfg.train.precision)
+        if cfg.train.init_weights:
+            _load_weights(model, cfg.train.init_weights)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
+        # Per-epoch StepLR as fastMRI; stepped by us, saved in client_state.
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=cfg.train.lr_step_size, gamma=cfg.train.lr_gamma
+        )
+        self.loss_fn = SSIMLoss().to(dist.device)
+        self.train = build_train_loader(cfg, dist, self.bad_files)
+        self.global_step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.bad_steps = 0
+        self._stop_signal: Optional[int] = None
+        resume_state = self._maybe_resume()
+        wandb_id = resume_state.get("wandb_id") if resume_state else None
+        self.tracker = Tracker(cfg, self.run_dir, dist.rank, resume_id=wandb_id)
+        if resume_state:
+            dropped = self.tracker.truncate_after(self.global_step)
+            self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", "event": "resume",
+                              "rows_rolled_back": dropped, "tag": ckpt.tag_for(self.global_step)})
+        else:
+            self.tracker.log({"step": 0, "epoch": 0, "split": "event", "event": "start", "world_size": dist.world_size,
+                              "parameters": sum(p.numel() for p in model.parameters()), **versions()})
+        if self.bad_files:
+            self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event",
+                              "event": "skipped_bad_files", "count": len(self.bad_files),
+                              "files": [f"{p}: {why}" for p, why in self.bad_files]})
+
+    # ------------------------------------------------------------------ resume
+    def _maybe_resume(self) -> Optional[Dict]:
+        if not self.cfg.train.resume:
+            return None
+        tag = ckpt.find_latest(self.ckpt_dir)
+        tag = broadcast_object(tag)
+        if tag is None:
+            return None
+        state = ckpt.load(self.engine, self.ckpt_dir, tag, self.dist)
+        self.global_step = int(state["global_step"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.dist.is_main:
+            print(f"[varnet_ds] resumed from {self.ckpt_dir / tag} (step {self.global_step}, epoch {self.epoch}, "
+                  f"batch {self.batch_in_epoch})", flush=True)
+        return state
+
+    def _client_state(self) -> Dict:
+        return {
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "scheduler": self.scheduler.state_dict(),
+            "wandb_id": self.tracker.wandb_id,
+            "config": to_dict(self.cfg),
+        }
+
+    def save_checkpoint(self) -> str:
+        """Every rank calls this; returns the tag."""
+        return ckpt.save(self.engine, self.ckpt_dir, self.global_step, self._client_state(), self.dist,
+                         keep=self.cfg.train.keep_checkpoints)
+
+    # ------------------------------------------------------------------ signals
+    def _install_signals(self) -> None:
+        def handler(signum, _frame):
+            self._stop_signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, handler)
+
+    # ------------------------------------------------------------------ train
+    def _train_step(self, batch) -> float:
+        """Forward, SSIM loss, backward, step. Returns the loss, or NaN when the step was skipped."""
+        masked_kspace, mask, nlf = model_inputs(batch, self.dist.device)
+        output = self.engine(masked_kspace, mask, nlf)
+        output, target = crop_pair(output, batch.target.to(self.dist.device))
+        max_value = batch.max_value.to(self.dist.device, dtype=torch.float32)
+        loss = self.loss_fn(output.unsqueeze(1).float(), target.unsqueeze(1), data_range=max_value)
+        finite = bool(torch.isfinite(loss).item())
+        stop = self._stop_signal is not None
+        any_bad, any_stop = all_reduce_flags([0.0 if finite else 1.0, 1.0 if stop else 0.0], self.dist.device)
+        if any_stop:
+            self._stop_signal = self._stop_signal or signal.SIGTERM
+        if any_bad:
+            self.engine.zero_grad() if hasattr(self.engine, "zero_grad") else self.optimizer.zero_grad()
+            return math.nan
+        self.engine.backward(loss)
+        self.engine.step()
+        return float(loss.detach())
+
+    def _log_train(self, losses: List[float], t0: float, samples: int) -> None:
+        mean_loss = sum(losses) / len(losses)
+        total = all_reduce_flags([mean_loss, 1.0], self.dist.device, op="sum")
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        self.tracker.log({
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "split": "train",
+            "loss": total[0] / total[1],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "aug_p": self.train.aug_p,
+            "samples_per_s": samples * self.dist.world_size / elapsed,
+            "peak_mem_gib": peak_memory_gib(self.dist.device),
+        })
+
+    def fit(self) -> int:
+        """Run training to ``train.epochs`` / ``train.max_steps``. Returns the process exit code."""
+        cfg = self.cfg
+        self._install_signals()
+        max_steps = cfg.train.max_steps or math.inf
+        self.engine.train()
+        reset_peak_memory(self.dist.device)
+        bar = tqdm(total=None if max_steps is math.inf else int(max_steps), initial=self.global_step,
+                   disable=not (self.dist.is_main and cfg.log.progress), desc=cfg.run.name, dynamic_ncols=True)
+        while self.epoch < cfg.train.epochs and self.global_step < max_steps:
+            loader = self.train.loader(self.epoch, skip=self.batch_in_epoch)
+            losses: List[float] = []
+            t0, samples = time.perf_counter(), 0
+            for batch in loader:
+                loss = self._train_step(batch)
+                self.batch_in_epoch += 1
+                samples += int(batch.masked_kspace.shape[0])
+                if math.isnan(loss):
+                    self.bad_steps += 1
+                    self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event",
+                                      "event": "nonfinite_loss_skipped", "fname": list(batch.fname),
+                                      "slice": [int(s) for s in batch.slice_num]})
+                    if self.bad_steps >= cfg.train.max_bad_steps:
+                        self.save_checkpoint()
+                        raise FloatingPointError(
+                            f"{self.bad_steps} non-finite losses in a row at step {self.global_step}; "
+                            f"checkpoint kept in {self.ckpt_dir}. Check the data (python -m varnet_ds.data.check) "
+                            "or lower train.lr")
+                    continue
+                self.bad_steps = 0
+                if self.engine.global_steps == self.global_step:
+                    continue  # inside a gradient-accumulation window
+                self.global_step = self.engine.global_steps
+                losses.append(loss)
+                bar.update(1)
+                bar.set_postfix(epoch=self.epoch, loss=f"{loss:.4f}")
+                if self.global_step % cfg.log.every_steps == 0:
+                    self._log_train(losses, t0, samples)
+                    losses, t0, samples = [], time.perf_counter(), 0
+                if self._stop_signal is not None:
+                    return self._preempt(bar)
+                if self.global_step % cfg.train.checkpoint_every_steps == 0:
+                    self.save_checkpoint()
+                if cfg.eval.every_steps and self.global_step % cfg.eval.every_steps == 0:
+                    self.evaluate()
+                if self.global_step >= max_steps:
+                    break
+            else:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.scheduler.step()
+                if self.epoch % cfg.eval.every_epochs == 0 or self.epoch == cfg.train.epochs:
+                    self.evaluate()
+                if self._stop_signal is not None:
+                    return self._preempt(bar)
+                continue
+            break
+        bar.close()
+        final = self.evaluate(final=True) if not self._evaluated_now() else self._last_eval
+        self.save_checkpoint()
+        self._finish(final)
+        return 0
+
+    def _preempt(self, bar) -> int:
+        bar.close()
+        tag = self.save_checkpoint()
+        self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", "event": "preempted",
+                          "signal": int(self._stop_signal), "tag": tag})
+        self.tracker.finish()
+        if self.dist.is_main:
+            print(f"[varnet_ds] signal {int(self._stop_signal)}: checkpoint {tag} saved; rerun the same command "
+                  f"to resume (exit code {EXIT_REQUEUE} = requeue)", flush=True)
+        return EXIT_REQUEUE
+
+    # ------------------------------------------------------------------ eval
+    _last_eval: Dict[str, EvalOutput] = {}
+    _last_eval_step: int = -1
+
+    def _evaluated_now(self) -> bool:
+        return self._last_eval_step == self.global_step and bool(self._last_eval)
+
+    def eval_splits(self) -> List[EvalSplit]:
+        cfg = self.cfg
+        pairs = list(zip(cfg.eval.center_fractions, cfg.eval.accelerations))
+        skip = [str(p) for p, _ in self.bad_files]
+        splits = []
+        if cfg.data.val_path:
+            splits.append(EvalSplit("val_knee", cfg.data.val_path, cfg.eval.knee_mask_type, pairs,
+                                    cfg.data.max_val_volumes, skip))
+        if cfg.data.transfer_path:
+            splits.append(EvalSplit("val_brain", cfg.data.transfer_path, cfg.eval.brain_mask_type, pairs,
+                                    cfg.data.max_val_volumes, skip))
+        return splits
+
+    def evaluate(self, final: bool = False) -> Dict[str, EvalOutput]:
+        """Evaluate every split, log rows and panels (rank 0). All ranks call it."""
+        outputs: Dict[str, EvalOutput] = {}
+        for split in self.eval_splits():
+            out = evaluate_split(self.engine.module, split, self.dist, self.cfg.data.num_workers, self.cfg.run.seed)
+            outputs[split.name] = out
+            for row in out.rows:
+                self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": split.name, **row})
+            if out.panels is not None and self.cfg.eval.image_panels:
+                self.tracker.log_images(self.global_step, self.epoch, split.name, out.panels)
+        self._last_eval, self._last_eval_step = outputs, self.global_step
+        barrier()
+        return outputs
+
+    def _finish(self, final: Dict[str, EvalOutput]) -> None:
+        if self.dist.is_main:
+            state = {k: v.detach().float().cpu() for k, v in self.engine.module.state_dict().items()}
+            payload = {"state_dict": state, "model": to_dict(self.cfg)["model"], "global_step": self.global_step,
+                       "epoch": self.epoch, "config": to_dict(self.cfg)}
+            tmp = self.run_dir / ".model_fp32.pt.tmp"
+            torch.save(payload, tmp)
+            tmp.replace(self.run_dir / "model_fp32.pt")
+            for name, out in final.items():
+                rows = [[v.fname, v.acquisition, v.acceleration, v.num_slices, v.ssim, v.psnr, v.nmse]
+                        for v in out.volumes]
+                self.tracker.log_table(f"{name}_per_volume",
+                                       ["fname", "acquisition", "acceleration", "num_slices", "ssim", "psnr", "nmse"],
+                                       rows)
+            self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", "event": "end"})
+        self.tracker.finish()
+        barrier()
+
+
+def _load_weights(model: torch.nn.Module, path: str) -> None:
+    """Load a ``model_fp32.pt`` (ours) or a plain VarNet state_dict into ``model``."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"train.init_weights = {path}: file not found")
+    payload = torch.load(p, map_location="cpu", weights_only=False)
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"train.init_weights = {path}: does not match the model (missing {list(missing)[:5]}, "
+                         f"unexpected {list(unexpected)[:5]}); check model.* settings")
+
+

@@ -1,0 +1,122 @@
+"""Validation loops: knee val and brain transfer sets, each volume whole on one rank, per-acceleration passes.
+
+Each split is evaluated once per (centre fraction, acceleration) pair from ``eval.*`` with masks fixed per
+volume (seeded from the file name, as fastMRI does), so every volume is scored at every acceleration and the
+per-acceleration breakdown compares like with like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import fastmri
+import numpy as np
+import torch
+from fastmri.data.transforms import center_crop, center_crop_to_smallest, complex_center_crop
+
+from varnet_ds.data.datasets import DistributedVolumeSampler, build_eval_dataset, build_loader, volume_table
+from varnet_ds.distributed import DistInfo
+from varnet_ds.metrics import VolumeAccumulator, VolumeResult, summarize
+
+
+@dataclass
+class EvalSplit:
+    """One evaluation set: a folder, its mask type and the (cf, acc) pairs to score it at."""
+
+    name: str  # val_knee | val_brain
+    path: str
+    mask_type: str
+    pairs: Sequence[Tuple[float, int]]
+    max_volumes: Optional[int] = None
+    skip_files: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass
+class EvalOutput:
+    """What one split's evaluation produced (identical on every rank)."""
+
+    rows: List[dict]
+    volumes: List[VolumeResult]
+    panels: Optional[Dict[str, np.ndarray]] = None  # zero_filled / reconstruction / target / error (rank 0)
+
+
+def model_inputs(batch, device: torch.device):
+    """Move a fastMRI ``VarNetSample`` batch to ``device``; returns (masked_kspace, mask, num_low_frequencies)."""
+    masked_kspace = batch.masked_kspace.to(device, non_blocking=True)
+    mask = batch.mask.to(device, non_blocking=True)
+    nlf = batch.num_low_frequencies
+    if isinstance(nlf, torch.Tensor):
+        nlf = int(nlf.view(-1)[0]) if nlf.numel() and bool((nlf == nlf.view(-1)[0]).all()) else None
+    return masked_kspace, mask, nlf
+
+
+def crop_pair(output: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Centre-crop reconstruction and target ``[B, H, W]`` to their common (target) size, as fastMRI validates."""
+    target, output = center_crop_to_smallest(target, output)
+    return output, target
+
+
+def zero_filled(masked_kspace: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """RSS of the zero-filled IFFT of ``[B, C, H, W, 2]`` k-space, centre-cropped to ``size`` -> ``[B, h, w]``."""
+    image = fastmri.ifft2c(masked_kspace.float())
+    image = complex_center_crop(image, (min(size[0], image.shape[-3]), min(size[1], image.shape[-2])))
+    return fastmri.rss(fastmri.complex_abs(image), dim=1)
+
+
+@torch.no_grad()
+def evaluate_split(model: torch.nn.Module, split: EvalSplit, dist: DistInfo, num_workers: int, seed: int,
+                   panel_slice: bool = True) -> EvalOutput:
+    """Score ``model`` on one split at every (cf, acc) pair; all ranks must call it.
+
+    Returns:
+        Summary rows (overall / per acquisition / per acceleration, see ``varnet_ds.metrics.summarize``),
+        per-volume results, and image panels of a fixed slice (first volume, middle slice, first pair).
+    """
+    was_training = model.training
+    model.eval()
+    results: List[VolumeResult] = []
+    panels = None
+    for pair_index, (cf, acc) in enumerate(split.pairs):
+        dataset = build_eval_dataset(split.path, split.mask_type, cf, acc, max_volumes=split.max_volumes,
+                                     skip_files=split.skip_files)
+        table = volume_table(dataset)
+        sampler = DistributedVolumeSampler(dataset, num_replicas=dist.world_size, rank=dist.rank)
+        loader = build_loader(dataset, sampler, num_workers=num_workers, base_seed=seed, rank=dist.rank, epoch=0)
+        acc_state = VolumeAccumulator(owned=sampler.owned_volumes)
+        panel_key = _panel_key(table) if (panel_slice and pair_index == 0 and dist.is_main) else None
+        for batch in loader:
+            masked_kspace, mask, nlf = model_inputs(batch, dist.device)
+            output = model(masked_kspace, mask, nlf)
+            output, target = crop_pair(output, batch.target.to(dist.device))
+            for i in range(output.shape[0]):
+                fname, slice_num = batch.fname[i], int(batch.slice_num[i])
+                info = table.get(fname, {})
+                acc_state.add(fname, slice_num, output[i].float().cpu(), target[i].float().cpu(),
+                              float(batch.max_value[i]), str(info.get("acquisition", "unknown")), int(acc))
+                if panel_key == (fname, slice_num):
+                    panels = _panels(masked_kspace[i : i + 1], output[i], target[i])
+                    panel_key = None
+        results.extend(acc_state.gather(acc_state.compute_local()))
+    if was_training:
+        model.train()
+    return EvalOutput(rows=summarize(results), volumes=results, panels=panels)
+
+
+def _panel_key(table: Dict[str, dict]) -> Optional[Tuple[str, int]]:
+    if not table:
+        return None
+    fname = sorted(table)[0]
+    return fname, int(table[fname].get("num_slices", 1)) // 2
+
+
+def _panels(masked_kspace: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> Dict[str, np.ndarray]:
+    size = tuple(target.shape[-2:])
+    zf = center_crop(zero_filled(masked_kspace, size)[0], size)
+    recon, tgt = output.float().cpu().numpy(), target.float().cpu().numpy()
+    return {
+        "zero_filled": zf.float().cpu().numpy(),
+        "reconstruction": recon,
+        "target": tgt,
+        "error": np.abs(recon - tgt),
+    }

@@ -1,0 +1,144 @@
+"""fastMRI's End-to-End VarNet with an activation-checkpointing policy and bf16 U-Nets around fp32 FFTs.
+
+The module keeps fastMRI's parameter names, so ``state_dict()`` loads into a plain
+``fastmri.models.VarNet`` with ``strict=True`` and vice versa.
+
+Precision: with ``precision="bf16"`` only the U-Nets (the convolutions, where the activations and FLOPs are)
+run under ``torch.autocast(dtype=torch.bfloat16)``; their outputs are cast back to fp32 before they meet the
+sensitivity maps, so every FFT/IFFT, data-consistency term and coil combination runs in fp32 (cuFFT has no
+bf16, and fp16 only for power-of-two sizes). The module's parameters always stay fp32.
+
+Checkpointing (training only, non-reentrant ``torch.utils.checkpoint``):
+    ``none``      store every activation;
+    ``cascades``  store only each cascade's input k-space, recompute the cascade in backward;
+    ``all``       ``cascades`` plus the sensitivity network.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from fastmri.models import VarNet
+from fastmri.models.varnet import NormUnet
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+CHECKPOINTING = ("none", "cascades", "all")
+PRECISIONS = ("fp32", "bf16")
+
+
+class PrecisionNormUnet(NormUnet):
+    """fastMRI's NormUnet whose U-Net runs under bf16 autocast when enabled; output always fp32.
+
+    Input/output: complex images ``[B, C, H, W, 2]``.
+    """
+
+    def __init__(self, chans: int, num_pools: int, bf16: bool = False) -> None:
+        super().__init__(chans, num_pools)
+        self.bf16 = bf16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if not self.bf16:
+            return super().forward(x)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+            out = super().forward(x.float())
+        return out.float()
+
+
+class VarNetDS(VarNet):
+    """End-to-End VarNet (fastMRI) with a checkpointing policy and mixed-precision U-Nets.
+
+    Args:
+        num_cascades: number of unrolled cascades (fastMRI default 12).
+        sens_chans: channels of the sensitivity U-Net (8).
+        sens_pools: pooling layers of the sensitivity U-Net (4).
+        chans: channels of each cascade U-Net (18).
+        pools: pooling layers of each cascade U-Net (4).
+        checkpointing: ``none`` | ``cascades`` | ``all``.
+        precision: ``fp32`` | ``bf16`` (autocast U-Nets, fp32 FFT islands).
+    """
+
+    def __init__(
+        self,
+        num_cascades: int = 12,
+        sens_chans: int = 8,
+        sens_pools: int = 4,
+        chans: int = 18,
+        pools: int = 4,
+        checkpointing: str = "cascades",
+        precision: str = "fp32",
+    ) -> None:
+        if checkpointing not in CHECKPOINTING:
+            raise ValueError(f"model.checkpointing = {checkpointing!r}: must be one of {list(CHECKPOINTING)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"train.precision = {precision!r}: must be one of {list(PRECISIONS)}")
+        super().__init__(num_cascades, sens_chans, sens_pools, chans, pools)
+        bf16 = precision == "bf16"
+        # Same attribute names as fastMRI -> identical state_dict keys.
+        self.sens_net.norm_unet = PrecisionNormUnet(sens_chans, sens_pools, bf16)
+        for cascade in self.cascades:
+            cascade.model = PrecisionNormUnet(chans, pools, bf16)
+        self.checkpointing = checkpointing
+        self.precision = precision
+
+    def _ckpt_active(self) -> bool:
+        return self.training and torch.is_grad_enabled() and self.checkpointing != "none"
+
+    def forward(
+        self,
+        masked_kspace: torch.Tensor,
+        mask: torch.Tensor,
+        num_low_frequencies: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Reconstruct an RSS image.
+
+        Args:
+            masked_kspace: undersampled multi-coil k-space ``[B, C, H, W, 2]`` (fp32).
+            mask: sampling mask broadcastable to the k-space, ``[B, 1, 1, W, 1]`` (bool).
+            num_low_frequencies: ACS width; ``None``/0 infers it from the mask.
+
+        Returns:
+            RSS magnitude image ``[B, H, W]`` at the full k-space size (crop to the target afterwards).
+        """
+        ckpt = self._ckpt_active()
+        if ckpt and self.checkpointing == "all":
+            sens_maps = checkpoint(
+                self.sens_net, masked_kspace, mask, num_low_frequencies, use_reentrant=False
+            )
+        else:
+            sens_maps = self.sens_net(masked_kspace, mask, num_low_frequencies)
+        kspace_pred = masked_kspace.clone()
+        for cascade in self.cascades:
+            if ckpt:
+                kspace_pred = checkpoint(
+                    cascade, kspace_pred, masked_kspace, mask, sens_maps, use_reentrant=False
+                )
+            else:
+                kspace_pred = cascade(kspace_pred, masked_kspace, mask, sens_maps)
+        return _rss_image(kspace_pred)
+
+
+def _rss_image(kspace: torch.Tensor) -> torch.Tensor:
+    """RSS of the coil images of ``kspace`` ``[B, C, H, W, 2]`` -> ``[B, H, W]`` (fp32)."""
+    import fastmri
+
+    return fastmri.rss(fastmri.complex_abs(fastmri.ifft2c(kspace.float())), dim=1)
+
+
+def build_model(model_cfg, precision: str = "fp32") -> VarNetDS:
+    """Build :class:`VarNetDS` from the ``model`` config section (see ``varnet_ds.config.ModelConfig``)."""
+    return VarNetDS(
+        num_cascades=model_cfg.num_cascades,
+        sens_chans=model_cfg.sens_chans,
+        sens_pools=model_cfg.sens_pools,
+        chans=model_cfg.chans,
+        pools=model_cfg.pools,
+        checkpointing=model_cfg.checkpointing,
+        precision=precision,
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
