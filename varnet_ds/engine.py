@@ -62,8 +62,9 @@ class Trainer:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
         # Per-epoch StepLR as fastMRI; stepped by us, saved in client_state.
+        self.base_optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # torch Adam inside ZeRO
         self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=cfg.train.lr_step_size, gamma=cfg.train.lr_gamma
+            self.base_optimizer, step_size=cfg.train.lr_step_size, gamma=cfg.train.lr_gamma
         )
         self.loss_fn = SSIMLoss().to(dist.device)
         self.train = build_train_loader(cfg, dist, self.bad_files)
@@ -155,7 +156,7 @@ class Trainer:
             "epoch": self.epoch,
             "split": "train",
             "loss": total[0] / total[1],
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.base_optimizer.param_groups[0]["lr"],
             "aug_p": self.train.aug_p,
             "samples_per_s": samples * self.dist.world_size / elapsed,
             "peak_mem_gib": peak_memory_gib(self.dist.device),
@@ -173,6 +174,7 @@ class Trainer:
         while self.epoch < cfg.train.epochs and self.global_step < max_steps:
             loader = self.train.loader(self.epoch, skip=self.batch_in_epoch)
             losses: List[float] = []
+            window: List[float] = []  # micro-batch losses of the current accumulation window
             t0, samples = time.perf_counter(), 0
             for batch in loader:
                 loss = self._train_step(batch)
@@ -191,10 +193,13 @@ class Trainer:
                             "or lower train.lr")
                     continue
                 self.bad_steps = 0
+                window.append(loss)
                 if self.engine.global_steps == self.global_step:
                     continue  # inside a gradient-accumulation window
                 self.global_step = self.engine.global_steps
+                loss = sum(window) / len(window)
                 losses.append(loss)
+                window = []
                 bar.update(1)
                 bar.set_postfix(epoch=self.epoch, loss=f"{loss:.4f}")
                 if self.global_step % cfg.log.every_steps == 0:

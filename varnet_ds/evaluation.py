@@ -17,7 +17,7 @@ from fastmri.data.transforms import center_crop, center_crop_to_smallest, comple
 
 from varnet_ds.data.datasets import DistributedVolumeSampler, build_eval_dataset, build_loader, volume_table
 from varnet_ds.distributed import DistInfo
-from varnet_ds.metrics import VolumeAccumulator, VolumeResult, summarize
+from varnet_ds.metrics import VolumeAccumulator, VolumeResult, gather, summarize
 
 
 @dataclass
@@ -97,7 +97,7 @@ def evaluate_split(model: torch.nn.Module, split: EvalSplit, dist: DistInfo, num
                 if panel_key == (fname, slice_num):
                     panels = _panels(masked_kspace[i : i + 1], output[i], target[i])
                     panel_key = None
-        results.extend(acc_state.gather(acc_state.compute_local()))
+        results.extend(gather(acc_state.compute_local()))
     if was_training:
         model.train()
     return EvalOutput(rows=summarize(results), volumes=results, panels=panels)

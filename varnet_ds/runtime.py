@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import random
 import resource
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Tuple
@@ -102,6 +103,33 @@ class SkipSampler(Sampler):
         return max(len(self.sampler) - self.skip, 0)  # type: ignore[arg-type]
 
 
+class PerSampleSeed:
+    """Wraps a ``VarNetTransform``: re-seeds its mask and augmentation RNGs for every sample.
+
+    The seed is a function of (run.seed, epoch, file name, slice), so the random mask and the MRAugment draw of
+    a training sample do not depend on the number of ranks, workers or on where a resumed run restarted: a
+    2-rank run sees exactly the samples of a 1-rank run with the same global batch, and a resumed run continues
+    bit for bit. Every other attribute is the wrapped transform's.
+    """
+
+    def __init__(self, transform, base_seed: int) -> None:
+        self.transform, self.base_seed = transform, int(base_seed)
+
+    def __getattr__(self, name: str):
+        if name == "transform":
+            raise AttributeError(name)
+        return getattr(self.transform, name)
+
+    def sample_seed(self, fname: str, slice_num: int) -> int:
+        epoch = int(getattr(self.transform, "epoch", 0))
+        key = [self.base_seed, epoch, zlib.crc32(str(fname).encode()), int(slice_num)]
+        return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+    def __call__(self, kspace, mask, target, attrs, fname, slice_num):
+        self.transform.reseed(self.sample_seed(fname, slice_num))
+        return self.transform(kspace, mask, target, attrs, fname, slice_num)
+
+
 @dataclass
 class TrainData:
     """The knee training set with its MRAugment schedule; builds a loader per epoch."""
@@ -132,6 +160,7 @@ def build_train_loader(cfg: DictConfig, dist: DistInfo, bad_files: Sequence[Tupl
     augmentor = MRAugment(cfg.aug) if cfg.aug.enabled else None
     dataset = build_train_dataset(cfg, augmentor=augmentor, schedule=schedule if augmentor else None,
                                   skip_files=[str(p) for p, _ in bad_files])
+    dataset.transform = PerSampleSeed(dataset.transform, cfg.run.seed)
     return TrainData(dataset=dataset, transform=dataset.transform, schedule=schedule, cfg=cfg, dist=dist)
 
 

@@ -19,7 +19,7 @@ from typing import List, Optional
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train fastMRI's E2E VarNet under DeepSpeed (knee -> brain transfer study).",
-        epilog="Trailing key=value pairs override the config (OmegaConf dotlist), e.g. train.epochs=10 aug.enabled=true",
+        epilog="Trailing key=value pairs override the config (OmegaConf dotlist), e.g. train.epochs=10",
     )
     parser.add_argument("--ds_config", "--deepspeed_config", dest="ds_config", default="ds_configs/zero2.json",
                         help="DeepSpeed JSON (ZeRO stage, buckets); batch size/accumulation come from our config")
