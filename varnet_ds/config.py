@@ -39,7 +39,6 @@ class DataConfig:
     mask_type: str = "random"  # fastMRI knee practice
     center_fractions: List[float] = field(default_factory=lambda: [0.08, 0.04])
     accelerations: List[int] = field(default_factory=lambda: [4, 8])
-    transfer_mask_type: str = "equispaced"  # fastMRI brain practice
     batch_size: int = 1  # per GPU; VarNet slices differ in size, so 1 is the fastMRI default
     num_workers: int = 4
     sample_rate: Optional[float] = None  # fraction of training slices
@@ -85,6 +84,7 @@ class AugConfig:
     max_shearing_x: float = 15.0
     max_shearing_y: float = 15.0
     max_scaling: float = 0.25
+    anisotropic_scaling: bool = False  # independent x/y scale factors (MRAugment's code: isotropic)
     upsample: bool = False
     upsample_factor: int = 2
     device: str = "cpu"  # cpu (in loader workers) | cuda (batched on the GPU in the train step)
@@ -154,7 +154,6 @@ _CHOICES = {
     "aug.device": ("cpu", "cuda"),
     "data.challenge": ("multicoil",),
     "data.mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
-    "data.transfer_mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
     "eval.knee_mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
     "eval.brain_mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
     "log.wandb.mode": (None, "online", "offline", "disabled"),

@@ -74,11 +74,12 @@ class Trainer:
         resume_state = self._maybe_resume()
         wandb_id = resume_state.get("wandb_id") if resume_state else None
         self.tracker = Tracker(cfg, self.run_dir, dist.rank, resume_id=wandb_id)
+        self._resumed = bool(resume_state)
         if resume_state:
-            dropped = self.tracker.truncate_after(self.global_step)
-            self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", "event": "resume",
-                              "rows_rolled_back": dropped, "tag": ckpt.tag_for(self.global_step)})
+            self._rolled_back = self.tracker.truncate_rows(
+                int(resume_state.get("metrics_rows", self.tracker.num_rows)))
         else:
+            self._drop_stale_metrics()
             self.tracker.log({"step": 0, "epoch": 0, "split": "event", "event": "start", "world_size": dist.world_size,
                               "parameters": sum(p.numel() for p in model.parameters()), **versions()})
         if self.bad_files:
@@ -111,11 +112,22 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "scheduler": self.scheduler.state_dict(),
             "wandb_id": self.tracker.wandb_id,
+            "metrics_rows": self.tracker.num_rows,  # rank 0's count; exact rollback on resume
             "config": to_dict(self.cfg),
         }
 
+    def _drop_stale_metrics(self) -> None:
+        """A fresh start in a folder whose earlier run died before its first checkpoint: set its rows aside."""
+        path = self.run_dir / "metrics.jsonl"
+        if self.dist.is_main and self.tracker.num_rows > 0:
+            backup = path.with_name(f"metrics.stale-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+            backup.write_bytes(path.read_bytes())
+            self.tracker.truncate_rows(0)
+            print(f"[varnet_ds] no checkpoint to resume from; earlier rows moved to {backup}", flush=True)
+
     def save_checkpoint(self) -> str:
         """Every rank calls this; returns the tag."""
+        self.tracker.flush()
         return ckpt.save(self.engine, self.ckpt_dir, self.global_step, self._client_state(), self.dist,
                          keep=self.cfg.train.keep_checkpoints)
 
@@ -167,6 +179,15 @@ class Trainer:
         cfg = self.cfg
         self._install_signals()
         max_steps = cfg.train.max_steps or math.inf
+        if self._resumed:
+            if not (self.epoch < cfg.train.epochs and self.global_step < max_steps):
+                if self.dist.is_main:
+                    print(f"[varnet_ds] {self.run_dir} is already complete (step {self.global_step}, epoch "
+                          f"{self.epoch}); raise train.epochs or train.max_steps to continue it", flush=True)
+                self.tracker.finish()
+                return 0
+            self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", "event": "resume",
+                              "rows_rolled_back": self._rolled_back, "tag": ckpt.tag_for(self.global_step)})
         self.engine.train()
         reset_peak_memory(self.dist.device)
         bar = tqdm(total=None if max_steps is math.inf else int(max_steps), initial=self.global_step,

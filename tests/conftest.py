@@ -1,0 +1,37 @@
+"""Shared pytest fixtures: small fastMRI-format multicoil folders made by our own simulator.
+
+``synth_dirs`` (session): {"train": 3 knee volumes, "val": 2 knee volumes, "brain": 2 brain volumes (AXT1,
+AXT2)}; every volume has 3 slices and 4 coils, k-space 64x48 (knee) / 64x40 (brain), recon size 32x32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from varnet_ds.data.synth import write_dataset
+
+SYNTH_SLICES = 3
+SYNTH_COILS = 4
+SYNTH_KNEE_SHAPE = (64, 48)
+SYNTH_BRAIN_SHAPE = (64, 40)
+SYNTH_RECON = (32, 32)
+
+
+@pytest.fixture(scope="session")
+def synth_dirs(tmp_path_factory) -> Dict[str, Path]:
+    """Folders of simulated fastMRI multicoil h5 files (read-only: copy before modifying)."""
+    root = tmp_path_factory.mktemp("synth")
+    common = dict(slices=SYNTH_SLICES, coils=SYNTH_COILS, recon_size=SYNTH_RECON)
+    write_dataset("knee", root / "train", volumes=3, shape=SYNTH_KNEE_SHAPE, seed=0, **common)
+    write_dataset("knee", root / "val", volumes=2, shape=SYNTH_KNEE_SHAPE, seed=1, **common)
+    write_dataset("brain", root / "brain", volumes=2, shape=SYNTH_BRAIN_SHAPE, seed=2, **common)
+    return {"train": root / "train", "val": root / "val", "brain": root / "brain"}
+
+
+@pytest.fixture(scope="session")
+def synth_file(synth_dirs) -> Path:
+    """One small simulated knee file (CORPD_FBK, 3 slices, 4 coils, 64x48, recon 32x32)."""
+    return sorted(synth_dirs["train"].glob("*.h5"))[0]

@@ -1,0 +1,196 @@
+"""Reliability: kill -9, SIGTERM preemption, bad data at start-up, non-finite losses, rank-count mismatch,
+atomic checkpoints. Real processes and signals; the continuation must equal an uninterrupted run."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from test_engine import ROOT, _env, _ok, common, run_single, train_rows
+
+from varnet_ds import checkpoint as ckpt
+from varnet_ds.distributed import DistInfo
+
+pytestmark = pytest.mark.slow
+
+
+def start_single(args):
+    cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="module")
+def reference(synth_dirs, tmp_path_factory):
+    """Uninterrupted: 6 steps, checkpoint every step."""
+    out = tmp_path_factory.mktemp("reference")
+    _ok(run_single(common(synth_dirs, out, "train.max_steps=6", "train.checkpoint_every_steps=1")))
+    return out
+
+
+def _same_weights(a, b):
+    wa = torch.load(Path(a) / "model_fp32.pt", weights_only=False)["state_dict"]
+    wb = torch.load(Path(b) / "model_fp32.pt", weights_only=False)["state_dict"]
+    return all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_kill9_then_rerun_resumes_exactly(reference, synth_dirs, tmp_path):
+    args = common(synth_dirs, tmp_path, "train.max_steps=6", "train.checkpoint_every_steps=1")
+    proc = start_single(args)
+    reached = wait_for(lambda: (tmp_path / "checkpoints" / ckpt.tag_for(2) / ckpt.COMPLETE).exists(), proc)
+    assert reached, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "model_fp32.pt").exists()  # it really died mid-run
+    rerun = run_single(args)
+    _ok(rerun)
+    assert "resumed from" in rerun.stdout
+    steps = [r["step"] for r in train_rows(tmp_path)]
+    assert steps == [1, 2, 3, 4, 5, 6]  # every step exactly once
+    assert _same_weights(reference, tmp_path)
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events if e["split"] == "event"].count("resume") == 1
+
+
+def test_sigterm_checkpoints_and_requeues(reference, synth_dirs, tmp_path):
+    args = common(synth_dirs, tmp_path, "train.max_steps=6", "train.checkpoint_every_steps=100")
+    proc = start_single(args)
+    reached = wait_for(lambda: (tmp_path / "metrics.jsonl").exists()
+                       and '"split": "train"' in (tmp_path / "metrics.jsonl").read_text(), proc)
+    assert reached, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 124, err[-3000:]  # "requeue me"
+    tag = (tmp_path / "checkpoints" / "latest").read_text().strip()
+    stopped_at = json.loads((tmp_path / "checkpoints" / tag / ckpt.COMPLETE).read_text())["step"]
+    assert 1 <= stopped_at < 6
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "preempted" for r in rows)
+    _ok(run_single(args))
+    assert [r["step"] for r in train_rows(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    assert _same_weights(reference, tmp_path)
+
+
+def _copy_data(synth_dirs, tmp_path):
+    dirs = {}
+    for key in ("train", "val", "brain"):
+        dirs[key] = tmp_path / f"data_{key}"
+        shutil.copytree(synth_dirs[key], dirs[key])
+    return dirs
+
+
+def test_bad_file_fails_fast_or_is_skipped(synth_dirs, tmp_path):
+    dirs = _copy_data(synth_dirs, tmp_path)
+    bad = dirs["train"] / "file_broken.h5"
+    bad.write_bytes(b"this is not an HDF5 file")
+    proc = run_single(common(dirs, tmp_path / "run_a", "train.max_steps=1"))
+    assert proc.returncode == 2
+    assert "file_broken.h5" in proc.stderr
+    assert not (tmp_path / "run_a" / "checkpoints").exists()  # failed before training
+    proc = run_single(common(dirs, tmp_path / "run_b", "train.max_steps=1", "data.skip_bad_files=true"))
+    _ok(proc)
+    rows = [json.loads(line) for line in (tmp_path / "run_b" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in rows if r.get("event") == "skipped_bad_files"]
+    assert skipped and skipped[0]["count"] == 1 and "file_broken.h5" in skipped[0]["files"][0]
+    assert bad.exists()  # nothing deleted
+
+
+def test_nonfinite_loss_skipped_then_stop_with_checkpoint(synth_dirs, tmp_path):
+    dirs = _copy_data(synth_dirs, tmp_path)
+    for f in dirs["train"].glob("*.h5"):
+        with h5py.File(f, "r+") as hf:
+            k = hf["kspace"][()]
+            k[:] = np.nan
+            hf["kspace"][...] = k
+    proc = run_single(common(dirs, tmp_path / "run", "train.max_steps=4", "data.check_on_start=false",
+                             "train.max_bad_steps=2"))
+    assert proc.returncode == 2
+    assert "non-finite losses in a row" in proc.stderr
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("event") == "nonfinite_loss_skipped" for r in rows) == 2
+    assert ckpt.find_latest(tmp_path / "run" / "checkpoints") is not None
+
+
+def test_config_errors_before_any_process_group(tmp_path):
+    cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), "--config", "demo", "train.epochz=3"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "train.epochz" in proc.stderr
+    ds = tmp_path / "fp16.json"
+    ds.write_text(json.dumps({"fp16": {"enabled": True}}))
+    cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), "--ds_config", str(ds), "--config", "demo"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "fp16.enabled" in proc.stderr
+    assert "init_distributed" not in proc.stderr and "Initializing TorchBackend" not in proc.stdout + proc.stderr
+
+
+def test_port_in_use_is_named(synth_dirs, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        env = dict(_env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), *common(synth_dirs, tmp_path)]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert f"port {port}" in proc.stderr and "in use" in proc.stderr
+
+
+def test_world_size_mismatch_explains_the_way_out(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "step000000010").mkdir(parents=True)
+    (root / "step000000010" / ckpt.COMPLETE).write_text(json.dumps({"step": 10, "world_size": 8}))
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.check_world_size(root, "step000000010", 2)
+    msg = str(err.value)
+    assert "8 ranks" in msg and "2" in msg and "train.init_weights" in msg and "zero_to_fp32" in msg
+
+
+def test_incomplete_checkpoint_is_ignored(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step, complete in ((5, True), (10, True), (15, False)):
+        d = root / ckpt.tag_for(step)
+        d.mkdir(parents=True)
+        if complete:
+            (d / ckpt.COMPLETE).write_text(json.dumps({"step": step, "world_size": 1}))
+    (root / ckpt.LATEST).write_text(ckpt.tag_for(15))  # crash between shard write and COMPLETE
+    assert ckpt.find_latest(root) == ckpt.tag_for(10)
+    (root / ckpt.LATEST).unlink()
+    assert ckpt.find_latest(root) == ckpt.tag_for(10)
+    assert ckpt.complete_tags(root) == [ckpt.tag_for(5), ckpt.tag_for(10)]
+
+
+class _FakeEngine:
+    def save_checkpoint(self, root, tag, client_state, save_latest):
+        assert save_latest is False
+        d = Path(root) / tag
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(client_state, d / "mp_rank_00_model_states.pt")
+
+
+def test_keep_last_k(tmp_path):
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    for step in range(1, 6):
+        ckpt.save(_FakeEngine(), tmp_path, step, {"global_step": step}, dist, keep=2)
+    assert ckpt.complete_tags(tmp_path) == [ckpt.tag_for(4), ckpt.tag_for(5)]
+    assert (tmp_path / ckpt.LATEST).read_text() == ckpt.tag_for(5)
+    assert os.path.exists(tmp_path / ckpt.tag_for(5) / "rng_rank0.pt")

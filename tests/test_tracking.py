@@ -1,0 +1,273 @@
+"""Tests for varnet_ds.tracking: metrics.jsonl, images, tables, truncation and W&B (offline / disabled)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from varnet_ds.config import load_config
+from varnet_ds.tracking import Tracker, has_wandb_credentials, read_metrics, resolve_wandb_mode
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    """No credentials, no network, every W&B side file inside tmp_path."""
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_DISABLED", "WANDB_MODE",
+                "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_PROJECT", "WANDB_ENTITY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / var.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return tmp_path
+
+
+def _cfg(mode=None, name="unit"):
+    overrides = [f"run.name={name}", "log.wandb.tags=[unit,test]"]
+    if mode is not None:
+        overrides.append(f"log.wandb.mode={mode}")
+    return load_config(None, overrides)
+
+
+def test_resolve_wandb_mode(wandb_env, monkeypatch):
+    assert resolve_wandb_mode("disabled") == "disabled"
+    with pytest.raises(ValueError, match="log.wandb.mode"):
+        resolve_wandb_mode("sometimes")
+    assert not has_wandb_credentials()
+    assert resolve_wandb_mode(None) == "offline"
+    (wandb_env / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    assert has_wandb_credentials() and resolve_wandb_mode(None) == "online"
+    (wandb_env / "netrc").unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert resolve_wandb_mode(None) == "online"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert resolve_wandb_mode(None) == "offline"
+    assert resolve_wandb_mode("online") == "online"  # the config value wins over the environment
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    with pytest.raises(ValueError, match="WANDB_MODE"):
+        resolve_wandb_mode(None)
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+    assert resolve_wandb_mode(None) == "disabled"
+
+
+def test_disabled_tracker_files(wandb_env):
+    run_dir = wandb_env / "run"
+    tracker = Tracker(_cfg("disabled"), run_dir, rank=0, resume_id="abc123")
+    assert tracker.mode == "disabled" and tracker.wandb_id == "abc123"
+    rows = [
+        {"step": 1, "epoch": 0, "split": "train", "loss": np.float32(0.5), "lr": 3e-4, "grad_norm": torch.tensor(2.0)},
+        {"step": 2, "epoch": 0, "split": "train", "loss": float("nan")},
+        {"step": 2, "epoch": 0, "split": "val_brain", "acquisition": "AXT2", "acceleration": np.int64(4),
+         "ssim": 0.9, "num_volumes": 3},
+        {"step": 3, "epoch": 1, "split": "event", "event": "resume", "time": 123.0},
+    ]
+    for row in rows:
+        tracker.log(row)
+    with pytest.raises(ValueError, match="split"):
+        tracker.log({"step": 3, "epoch": 1, "split": "test"})
+    with pytest.raises(ValueError, match="'epoch'"):
+        tracker.log({"step": 3, "split": "train"})
+
+    panels = {"zero_filled": np.random.rand(24, 20), "reconstruction": torch.rand(1, 24, 20),
+              "target": np.random.rand(24, 20) * 2, "error": np.random.randn(24, 20)}
+    png = tracker.log_images(3, 1, "val_knee", panels)
+    assert png == run_dir / "images" / "val_knee_epoch001.png"
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)
+    assert image.ndim == 3 and image.shape[1] > 3 * image.shape[0]  # four panels side by side
+
+    columns = ["fname", "acceleration", "ssim"]
+    table = [["a.h5", 4, np.float64(0.91)], ["b.h5", 8, 0.83]]
+    csv_path = tracker.log_table("transfer_volumes", columns, table)
+    with open(csv_path, newline="") as f:
+        assert list(csv.reader(f)) == [columns, ["a.h5", "4", "0.91"], ["b.h5", "8", "0.83"]]
+    with pytest.raises(ValueError, match="row 0"):
+        tracker.log_table("bad", columns, [["a.h5", 4]])
+    assert tracker.finish() is None and tracker.finish() is None
+    with pytest.raises(RuntimeError, match="finished"):
+        tracker.log(rows[0])
+
+    back = read_metrics(run_dir / "metrics.jsonl")
+    assert len(back) == len(rows)
+    assert back[0]["loss"] == 0.5 and back[0]["grad_norm"] == 2.0 and back[0]["lr"] == 3e-4
+    assert back[1]["loss"] is None  # non-finite -> null
+    assert back[2]["acceleration"] == 4 and back[2]["acquisition"] == "AXT2"
+    assert back[3]["time"] == 123.0 and all(isinstance(r["time"], float) for r in back)
+    assert not (run_dir / "wandb").exists()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["images", "metrics.jsonl", "transfer_volumes.csv"]
+
+
+def test_other_ranks_write_nothing(wandb_env):
+    tracker = Tracker(_cfg(None), wandb_env / "run", rank=1)
+    tracker.log({"step": 1, "epoch": 0, "split": "train", "loss": 1.0})
+    assert tracker.log_images(1, 0, "val_knee", {"target": np.ones((8, 8))}) is None
+    assert tracker.log_table("t", ["a"], [[1]]) is None
+    assert tracker.truncate_after(0) == 0 and tracker.wandb_id is None and tracker.finish() is None
+    assert not (wandb_env / "run").exists()
+
+
+def test_truncate_after_and_torn_line(wandb_env):
+    run_dir = wandb_env / "run"
+    tracker = Tracker(_cfg("disabled"), run_dir, rank=0)
+    for step in range(1, 7):
+        tracker.log({"step": step, "epoch": step // 3, "split": "train", "loss": 1.0 / step})
+    tracker.flush()
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "epoch": 2, "spl')  # killed mid-write
+    with pytest.warns(RuntimeWarning, match="torn last line"):
+        assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    with pytest.warns(RuntimeWarning, match="torn last line"):
+        assert tracker.truncate_after(4) == 2
+    tracker.log({"step": 5, "epoch": 1, "split": "train", "loss": 0.3})  # resumed run appends after truncation
+    tracker.finish()
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert not list(run_dir.glob("*.tmp"))
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2"):
+        read_metrics(run_dir / "metrics.jsonl")
+
+
+def _wandb_records(path: Path):
+    """Records of a .wandb transaction log (LevelDB log format: 7-byte file header ':W&B' + magic + version,
+    32 KiB blocks of chunks with a 7-byte header crc32c(4) length(2) type(1))."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 2):  # full, first
+            pending = chunk
+        elif kind in (3, 4):  # middle, last
+            pending += chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def _history(records):
+    rows = []
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+    return rows
+
+
+def test_offline_wandb_run_and_resume(wandb_env, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = wandb_env / "run"
+    tracker = Tracker(_cfg(None, name="offline_unit"), run_dir, rank=0)
+    assert tracker.mode == "offline" and tracker.wandb_id
+    run_id = tracker.wandb_id
+    tracker.log({"step": 10, "epoch": 0, "split": "train", "loss": 0.25})
+    tracker.log({"step": 10, "epoch": 0, "split": "val_brain", "acquisition": "AXT2", "acceleration": 4,
+                 "ssim": 0.875})
+    tracker.log_images(10, 0, "val_brain", {"target": np.random.rand(16, 16), "error": np.random.rand(16, 16)})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated W&B failure")
+
+    real_log = tracker._run.log
+    tracker._run.log = broken
+    with pytest.warns(RuntimeWarning, match="simulated W&B failure"):
+        tracker.log({"step": 11, "epoch": 0, "split": "train", "loss": 0.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        tracker.log({"step": 12, "epoch": 0, "split": "train", "loss": 0.5})
+    tracker._run.log = real_log
+    tracker.log({"step": 13, "epoch": 0, "split": "train", "loss": 0.75})
+    with pytest.warns(RuntimeWarning, match="2 W&B calls failed"):
+        command = tracker.finish()
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [10, 10, 11, 12, 13]
+
+    sync_dirs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(sync_dirs) == 1 and command == f"wandb sync {sync_dirs[0]}"
+    records = _wandb_records(sync_dirs[0] / f"run-{run_id}.wandb")
+    run_record = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run_record.run_id == run_id and run_record.display_name == "offline_unit"
+    assert run_record.run_group == "knee2brain" and list(run_record.tags) == ["unit", "test"]
+    config = {u.key: json.loads(u.value_json) for u in run_record.config.update}
+    assert config["run"]["name"] == "offline_unit" and config["log"]["wandb"]["project"] == "varnet_ds"
+    history = _history(records)
+    train = next(h for h in history if "train/loss" in h)
+    assert train["train/loss"] == 0.25 and train["trainer/step"] == 10 and train["trainer/epoch"] == 0
+    val = next(h for h in history if "val_brain/AXT2/x4/ssim" in h)
+    assert val["val_brain/AXT2/x4/ssim"] == 0.875 and val["trainer/step"] == 10
+    assert any("val_brain/images/error/path" in h for h in history)
+    assert not any(h.get("train/loss") == 0.5 for h in history)  # the failed call
+    assert any(h.get("train/loss") == 0.75 for h in history)
+    metrics = {(m.metric.glob_name or m.metric.name): m.metric.step_metric
+               for m in records if m.WhichOneof("record_type") == "metric"}
+    assert metrics["train/*"] == "trainer/step" and metrics["val_brain/*"] == "trainer/epoch"
+
+    # resume: explicit online mode without credentials falls back to offline and continues the same run id
+    with pytest.warns(UserWarning, match="no API key"):
+        resumed = Tracker(_cfg("online", name="offline_unit"), run_dir, rank=0, resume_id=run_id)
+    assert resumed.mode == "offline" and resumed.wandb_id == run_id
+    assert resumed.truncate_after(10) == 3
+    resumed.log({"step": 11, "epoch": 0, "split": "train", "loss": 0.125})
+    resumed.finish()
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [10, 10, 11]
+
+
+def test_wandb_init_failures_fall_back(wandb_env, monkeypatch):
+    import wandb
+
+    calls = []
+
+    class FakeRun:
+        id, dir = "fake01", str(wandb_env / "fake" / "files")
+
+        def define_metric(self, *args, **kwargs):
+            pass
+
+        def log(self, payload):
+            calls.append(payload)
+
+        def finish(self, exit_code=None):
+            pass
+
+    def fake_init(mode, **kwargs):
+        calls.append(mode)
+        if mode == "online":
+            raise ConnectionError("no network")
+        return FakeRun()
+
+    monkeypatch.setattr(wandb, "init", fake_init)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    with pytest.warns(UserWarning, match="no network"):
+        tracker = Tracker(_cfg(None), wandb_env / "run", rank=0)
+    assert calls == ["online", "offline"] and tracker.mode == "offline" and tracker.wandb_id == "fake01"
+    tracker.log({"step": 1, "epoch": 0, "split": "train", "loss": 1.0})
+    assert calls[-1] == {"train/loss": 1.0, "trainer/step": 1, "trainer/epoch": 0}
+    tracker.finish()
+
+    def always_fails(mode, **kwargs):
+        raise RuntimeError(f"init broken ({mode})")
+
+    monkeypatch.setattr(wandb, "init", always_fails)
+    monkeypatch.delenv("WANDB_API_KEY")
+    with pytest.warns(UserWarning, match="metrics.jsonl only"), pytest.warns(UserWarning, match="init broken"):
+        tracker = Tracker(_cfg(None), wandb_env / "run2", rank=0, resume_id="keepme")
+    assert tracker.wandb_id == "keepme"
+    tracker.log({"step": 1, "epoch": 0, "split": "train", "loss": math.pi})
+    tracker.finish()
+    assert read_metrics(wandb_env / "run2" / "metrics.jsonl")[0]["loss"] == math.pi

@@ -1,0 +1,412 @@
+"""MRAugment (Fabian et al., ICML 2021): physics-aware augmentation of fully sampled multicoil k-space + p schedule.
+
+Per slice: ``ifft2c`` -> ONE random transform applied identically to every coil and to real/imag parts
+(fliph -> flipv -> rot90 -> integer translation -> one bilinear affine of rotation/shear/scale, optionally on an
+upsampled grid) -> ``target = center_crop(rss_complex(images), min(H, h) x min(W, w))`` -> ``fft2c``. Each transform
+fires when a uniform draw ``< weight * p``. The k-space keeps its shape ``(H, W)``, so the data transform can apply
+the sampling mask afterwards with the file's ``padding_left/right``; ``max_value`` stays the volume's (not ours).
+Geometric conventions (axes, signs, padding, rot90 on non-square images): :mod:`varnet_ds.data.augment_ops`.
+
+CLI::
+
+    python -m varnet_ds.data.augment --preview docs/augment_preview.png [--file H5 --slice N] [--seed K]
+    python -m varnet_ds.data.augment --bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import time
+from typing import Any, List, Optional, Sequence, Tuple
+
+import fastmri
+import torch
+from fastmri.data.transforms import center_crop
+
+from varnet_ds.config import AugConfig
+from varnet_ds.data.augment_ops import AugParams, transform_image
+
+__all__ = ["AugParams", "AugmentSchedule", "MRAugment", "bench_augment"]
+
+SCHEDULES = ("constant", "ramp", "exp")
+_WEIGHT_NAMES = ("fliph", "flipv", "rot90", "translation", "rotation", "shearing", "scaling")
+_NUM_DRAWS = 16  # 7 fire draws + k, t_x, t_y, rotation, shear_x, shear_y, scale_x, scale_y, spare
+
+
+class AugmentSchedule:
+    """Augmentation strength ``p`` per epoch (0-based, may be fractional), MRAugment's ``schedule_p``.
+
+    ``t < delay`` gives 0; afterwards ``constant``: ``p_max``; ``ramp``: ``(t-D)/(T-D) p_max``; ``exp``:
+    ``p_max (1 - e^{-k(t-D)/(T-D)}) / (1 - e^{-k})``. ``t`` is clamped to ``T``, so ``p <= p_max`` always.
+
+    Args:
+        kind: ``constant`` | ``ramp`` | ``exp``.
+        p_max: final strength in ``[0, 1]``.
+        delay: epochs ``D >= 0`` with ``p = 0``; must be ``< total_epochs``.
+        total_epochs: ``T``, the epoch at which ``p_max`` is reached.
+        exp_decay: ``k > 0`` of the ``exp`` schedule (large: step, small: ramp).
+    """
+
+    def __init__(self, kind: str, p_max: float, delay: int, total_epochs: int, exp_decay: float = 5.0):
+        if kind not in SCHEDULES:
+            raise ValueError(f"aug.schedule = {kind!r}: must be one of {list(SCHEDULES)}")
+        if not (isinstance(p_max, numbers.Real) and 0.0 <= p_max <= 1.0):
+            raise ValueError(f"aug.p_max = {p_max!r}: must be a number in [0, 1]")
+        if isinstance(delay, bool) or not isinstance(delay, numbers.Integral) or delay < 0:
+            raise ValueError(f"aug.delay = {delay!r}: must be an integer >= 0")
+        if isinstance(total_epochs, bool) or not isinstance(total_epochs, numbers.Integral) or total_epochs < 1:
+            raise ValueError(f"total_epochs = {total_epochs!r}: must be an integer >= 1")
+        if delay >= total_epochs:
+            raise ValueError(f"aug.delay = {delay} must be < total_epochs = {total_epochs}")
+        if not (isinstance(exp_decay, numbers.Real) and math.isfinite(exp_decay) and exp_decay > 0):
+            raise ValueError(f"aug.exp_decay = {exp_decay!r}: must be a finite number > 0")
+        self.kind, self.p_max, self.delay = kind, float(p_max), int(delay)
+        self.total_epochs, self.exp_decay = int(total_epochs), float(exp_decay)
+
+    @classmethod
+    def from_config(cls, aug_cfg: Any, total_epochs: int) -> AugmentSchedule:
+        """Schedule from an ``AugConfig`` (dataclass or DictConfig); ``enabled: false`` gives ``p = 0`` always."""
+        if not aug_cfg.enabled:
+            return cls("constant", 0.0, 0, max(int(total_epochs), 1))
+        return cls(str(aug_cfg.schedule), float(aug_cfg.p_max), int(aug_cfg.delay), int(total_epochs),
+                   float(aug_cfg.exp_decay))
+
+    @property
+    def enabled(self) -> bool:
+        return self.p_max > 0.0
+
+    def __call__(self, epoch: float) -> float:
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real) or not epoch >= 0:
+            raise ValueError(f"epoch = {epoch!r}: must be a number >= 0")
+        if epoch < self.delay or self.p_max == 0.0:
+            return 0.0
+        frac = (min(float(epoch), self.total_epochs) - self.delay) / (self.total_epochs - self.delay)
+        if self.kind == "constant":
+            return self.p_max
+        if self.kind == "ramp":
+            return frac * self.p_max
+        k = self.exp_decay
+        return self.p_max * (-math.expm1(-k * frac)) / (-math.expm1(-k))
+
+    def __repr__(self) -> str:
+        return (f"AugmentSchedule(kind={self.kind!r}, p_max={self.p_max}, delay={self.delay}, "
+                f"total_epochs={self.total_epochs}, exp_decay={self.exp_decay})")
+
+
+def _check_aug_config(cfg: Any) -> None:
+    limits = dict(max_translation_x=math.inf, max_translation_y=math.inf, max_rotation=math.inf,
+                  max_shearing_x=90.0, max_shearing_y=90.0, max_scaling=1.0)
+    for key, upper in limits.items():
+        value = getattr(cfg, key)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value < upper):
+            raise ValueError(f"aug.{key} = {value!r}: must be a finite number in [0, {upper})")
+    for name in _WEIGHT_NAMES:
+        value = getattr(cfg.weights, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"aug.weights.{name} = {value!r}: must be a finite number >= 0")
+    if isinstance(cfg.upsample_factor, bool) or not isinstance(cfg.upsample_factor, int) or cfg.upsample_factor < 1:
+        raise ValueError(f"aug.upsample_factor = {cfg.upsample_factor!r}: must be an integer >= 1")
+
+
+def _check_generator(generator: Any, device: Optional[torch.device] = None) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if device is not None and generator is not None and generator.device.type not in ("cpu", device.type):
+        raise ValueError(f"generator on {generator.device} but kspace on {device}: "
+                         "use a CPU generator or one on the k-space's device")
+
+
+def _check_target_size(target_size: Sequence[int]) -> Tuple[int, int]:
+    try:
+        h, w = (int(v) for v in target_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"target_size = {target_size!r}: must be two positive integers (h, w)") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"target_size = {tuple(target_size)}: must be two positive integers (h, w)")
+    return h, w
+
+
+def _as_complex(kspace: Any, batched: bool) -> Tuple[torch.Tensor, bool]:
+    """Complex view of ``kspace`` and whether it came as the real ``[..., 2]`` view."""
+    dims = "[batch, coils, H, W]" if batched else "[coils, H, W]"
+    ndim = 4 if batched else 3
+    if not isinstance(kspace, torch.Tensor):
+        raise TypeError(f"kspace must be a torch.Tensor {dims} (complex) or {dims[:-1]}, 2] (real view), "
+                        f"got {type(kspace).__name__}")
+    if kspace.is_complex() and kspace.ndim == ndim:
+        out, real_view = kspace, False
+    elif kspace.is_floating_point() and kspace.ndim == ndim + 1 and kspace.shape[-1] == 2:
+        out, real_view = torch.view_as_complex(kspace.contiguous()), True
+    else:
+        raise ValueError(f"kspace must be complex {dims} or real {dims[:-1]}, 2]; "
+                         f"got shape {tuple(kspace.shape)} dtype {kspace.dtype}")
+    if out.shape[-2] < 2 or out.shape[-1] < 2:
+        raise ValueError(f"kspace spatial size must be at least 2x2, got {tuple(out.shape[-2:])}")
+    return out, real_view
+
+
+def _check_p(p: Any) -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"augmentation strength p = {p!r}: must be a number in [0, 1]")
+    return float(p)
+
+
+class MRAugment:
+    """MRAugment pipeline on fully sampled multicoil k-space.
+
+    Args:
+        cfg: ``AugConfig`` (dataclass or DictConfig node); ``None`` = the method's defaults
+            (``varnet_ds.config.AugConfig()``). An optional ``anisotropic_scaling`` attribute (default False, as
+            MRAugment's code) draws ``scale_x`` and ``scale_y`` independently instead of one isotropic scale.
+
+    Attributes:
+        last_params: the :class:`AugParams` of the last :meth:`augment` call.
+        last_batch_params: the list of :class:`AugParams` of the last :meth:`augment_batch` call.
+    """
+
+    def __init__(self, cfg: Optional[Any] = None):
+        cfg = AugConfig() if cfg is None else cfg
+        _check_aug_config(cfg)
+        self.cfg = cfg
+        self.weights = {name: float(getattr(cfg.weights, name)) for name in _WEIGHT_NAMES}
+        self.upsample_factor = int(cfg.upsample_factor) if cfg.upsample else 1
+        self.anisotropic_scaling = bool(getattr(cfg, "anisotropic_scaling", False))
+        self.last_params: Optional[AugParams] = None
+        self.last_batch_params: List[AugParams] = []
+
+    def sample_params(self, p: float, generator: Optional[torch.Generator], shape: Tuple[int, int]) -> AugParams:
+        """Draw one slice's transform (16 uniforms per call, so the random stream is layout-stable).
+
+        Args:
+            p: strength in ``[0, 1]``; transform ``n`` fires when ``u_n < weight_n * p``.
+            generator: ``torch.Generator`` (any device; draws are brought to CPU) or None = torch's global RNG
+                (seeded per DataLoader worker by torch; seed it per rank too under DDP).
+            shape: image ``(H, W)``, converts the translation fractions to pixels (``int()`` truncation).
+        """
+        p = _check_p(p)
+        h, w = (int(v) for v in shape)
+        _check_generator(generator)
+        device = generator.device if generator is not None else "cpu"
+        u = torch.rand(_NUM_DRAWS, generator=generator, dtype=torch.float64, device=device).tolist()
+        fire = {name: u[i] < self.weights[name] * p for i, name in enumerate(_WEIGHT_NAMES)}
+        cfg = self.cfg
+
+        def sym(x: float, limit: float) -> float:  # U(-limit, limit) from U(0, 1)
+            return (2.0 * x - 1.0) * float(limit)
+
+        scale_x = 1.0 + sym(u[13], cfg.max_scaling)
+        scale_y = 1.0 + sym(u[14], cfg.max_scaling) if self.anisotropic_scaling else scale_x
+        return AugParams(
+            p=p,
+            fliph=fire["fliph"],
+            flipv=fire["flipv"],
+            rot90=min(1 + int(3 * u[7]), 3) if fire["rot90"] else 0,
+            translation=(int(sym(u[8], cfg.max_translation_x) * h), int(sym(u[9], cfg.max_translation_y) * w))
+            if fire["translation"] else None,
+            rotation=sym(u[10], cfg.max_rotation) if fire["rotation"] else None,
+            shearing=(sym(u[11], cfg.max_shearing_x), sym(u[12], cfg.max_shearing_y)) if fire["shearing"] else None,
+            scaling=(scale_x, scale_y) if fire["scaling"] else None,
+        )
+
+    def transform_images(self, images: torch.Tensor, params: AugParams) -> torch.Tensor:
+        """Apply ``params`` to complex coil images ``[..., H, W]`` (same transform for every leading index)."""
+        real = torch.view_as_real(images).movedim(-1, 0)  # [2, ..., H, W]
+        out = transform_image(real, params, self.upsample_factor)
+        return torch.view_as_complex(out.movedim(0, -1).contiguous())
+
+    def apply(self, kspace: torch.Tensor, params: AugParams, target_size: Sequence[int]) -> Tuple[torch.Tensor,
+                                                                                                 torch.Tensor]:
+        """Augment one slice with given parameters.
+
+        Args:
+            kspace: fully sampled ``[coils, H, W]`` complex, or fastMRI's real view ``[coils, H, W, 2]``.
+            params: from :meth:`sample_params`; an identity draw returns ``kspace`` itself.
+            target_size: ``(h, w)`` of the training target (e.g. 320x320).
+
+        Returns:
+            ``(kspace_aug, target)``: k-space in the input's format and shape; float32 target
+            ``[min(H, h), min(W, w)] = center_crop(rss_complex(ifft2c(kspace_aug)))``.
+        """
+        kc, real_view = _as_complex(kspace, batched=False)
+        size = _check_target_size(target_size)
+        images = torch.view_as_complex(fastmri.ifft2c(torch.view_as_real(kc)))
+        if params.is_identity:
+            return kspace, self._target(images, size)
+        images = self.transform_images(images, params)
+        kspace_aug = fastmri.fft2c(torch.view_as_real(images))
+        return (kspace_aug if real_view else torch.view_as_complex(kspace_aug)), self._target(images, size)
+
+    def augment(self, kspace: torch.Tensor, target_size: Sequence[int], p: float,
+                generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Draw and apply one transform (see :meth:`apply`); ``p == 0`` returns ``kspace`` unchanged."""
+        kc, _ = _as_complex(kspace, batched=False)
+        _check_generator(generator, kc.device)
+        params = self.sample_params(p, generator, kc.shape[-2:])
+        self.last_params = params
+        return self.apply(kspace, params, target_size)
+
+    def augment_batch(self, kspace: torch.Tensor, target_size: Sequence[int], p: float,
+                      generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Batched :meth:`augment` (one independent draw per slice, FFTs batched; the GPU path).
+
+        Args:
+            kspace: ``[B, coils, H, W]`` complex or ``[B, coils, H, W, 2]`` real view.
+            target_size: ``(h, w)``, the same for the batch.
+            p: strength; generator: as in :meth:`sample_params`.
+
+        Returns:
+            ``(kspace_aug, target)`` with ``target`` float32 ``[B, min(H, h), min(W, w)]``; slices whose draw is
+            the identity keep their input k-space values exactly.
+        """
+        kc, real_view = _as_complex(kspace, batched=True)
+        size = _check_target_size(target_size)
+        _check_generator(generator, kc.device)
+        params = [self.sample_params(p, generator, kc.shape[-2:]) for _ in range(kc.shape[0])]
+        self.last_batch_params = params
+        images = torch.view_as_complex(fastmri.ifft2c(torch.view_as_real(kc)))
+        changed = [i for i, prm in enumerate(params) if not prm.is_identity]
+        if not changed:
+            return kspace, self._target(images, size)
+        images = torch.stack([self.transform_images(images[i], prm) if i in changed else images[i]
+                              for i, prm in enumerate(params)])
+        out = torch.view_as_complex(fastmri.fft2c(torch.view_as_real(images)))
+        keep = torch.tensor([i not in changed for i in range(len(params))], device=kc.device)
+        out = torch.where(keep[:, None, None, None], kc, out)
+        return (torch.view_as_real(out) if real_view else out), self._target(images, size)
+
+    @staticmethod
+    def _target(images: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        rss = fastmri.rss_complex(torch.view_as_real(images), dim=-3)
+        cropped = (min(rss.shape[-2], size[0]), min(rss.shape[-1], size[1]))
+        return center_crop(rss, cropped).to(torch.float32)
+
+
+def bench_augment(shape: Tuple[int, int, int] = (15, 640, 368), device: str = "cpu", repeats: int = 5,
+                  p: float = 1.0, upsample: bool = False) -> dict:
+    """Time :meth:`MRAugment.augment` on random k-space with every weight 1 (``p = 1``: all transforms fire).
+
+    Returns:
+        dict with ``ms_per_slice`` (median), ``ms_min``, ``ms_max``, ``shape``, ``device``, ``repeats``, ``p``,
+        ``upsample``, ``threads``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats = {repeats}: must be >= 1")
+    cfg = AugConfig(upsample=upsample)
+    for name in _WEIGHT_NAMES:
+        setattr(cfg.weights, name, 1.0)
+    aug = MRAugment(cfg)
+    gen = torch.Generator().manual_seed(0)
+    kspace = torch.randn(*shape, dtype=torch.complex64, generator=gen).to(device)
+    times = []
+    for i in range(repeats + 1):  # first run is warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        aug.augment(kspace, (320, 320), p, generator=gen)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i > 0:
+            times.append(1000.0 * (time.perf_counter() - start))
+    times.sort()
+    return dict(ms_per_slice=times[len(times) // 2], ms_min=times[0], ms_max=times[-1], shape=tuple(shape),
+                device=device, repeats=repeats, p=p, upsample=upsample, threads=torch.get_num_threads())
+
+
+def _load_slice(path: str, slice_idx: Optional[int]) -> Tuple[torch.Tensor, Tuple[int, int], int]:
+    """k-space ``[coils, H, W]`` (complex64), target size and slice index of a fastMRI multicoil file."""
+    import xml.etree.ElementTree as etree
+
+    import h5py
+    from fastmri.data.mri_data import et_query
+
+    try:
+        hf = h5py.File(path, "r")
+    except OSError as err:
+        raise FileNotFoundError(f"cannot open h5 file {path}: {err}") from None
+    with hf:
+        if "kspace" not in hf or hf["kspace"].ndim != 4:
+            raise ValueError(f"{path}: needs a multicoil 'kspace' dataset [slices, coils, H, W]")
+        num = hf["kspace"].shape[0]
+        idx = num // 2 if slice_idx is None else slice_idx
+        if not 0 <= idx < num:
+            raise ValueError(f"{path}: --slice {idx} out of range [0, {num})")
+        kspace = torch.from_numpy(hf["kspace"][idx].astype("complex64"))
+        if "reconstruction_rss" in hf:
+            size = tuple(hf["reconstruction_rss"].shape[-2:])
+        else:
+            root = etree.fromstring(hf["ismrmrd_header"][()])
+            rec = ["encoding", "reconSpace", "matrixSize"]
+            size = (int(et_query(root, rec + ["x"])), int(et_query(root, rec + ["y"])))
+    return kspace, (int(size[0]), int(size[1])), idx
+
+
+def write_preview(out: str, file: Optional[str] = None, slice_idx: Optional[int] = None, seed: int = 0,
+                  draws: int = 5, upsample: bool = False,
+                  p_values: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> None:
+    """PNG grid of augmented targets of one knee slice: one row per ``p``, ``draws`` columns, default weights."""
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if file is None:
+            from varnet_ds.data.synth import write_dataset
+
+            file = str(write_dataset("knee", tmp, volumes=1, slices=3, seed=seed)[0])
+            label = "simulated knee (varnet_ds.data.synth)"
+        else:
+            label = str(file)
+        kspace, size, idx = _load_slice(file, slice_idx)
+    aug = MRAugment(AugConfig(upsample=upsample))
+    fig, axes = plt.subplots(len(p_values), draws, figsize=(1.7 * draws, 1.95 * len(p_values)), squeeze=False)
+    vmax = None
+    for row, p in enumerate(p_values):
+        gen = torch.Generator().manual_seed(seed + row)
+        for col in range(draws):
+            _, target = aug.augment(kspace, size, p, generator=gen)
+            vmax = float(target.max()) if vmax is None else vmax
+            ax = axes[row, col]
+            ax.imshow(target.numpy(), cmap="gray", vmin=0.0, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            desc = aug.last_params.describe().split(" ")
+            ax.set_title(" ".join(desc[:3]) + ("\n" + " ".join(desc[3:]) if len(desc) > 3 else ""), fontsize=6)
+            if col == 0:
+                ax.set_ylabel(f"p = {p:g}", fontsize=9)
+    fig.suptitle(f"MRAugment targets, {label} slice {idx}, k-space {tuple(kspace.shape)}, target {size}",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m varnet_ds.data.augment", description=__doc__.split("\n")[0])
+    parser.add_argument("--preview", metavar="OUT.png", help="write a grid of augmented targets")
+    parser.add_argument("--file", help="fastMRI multicoil h5 (default: one simulated knee volume)")
+    parser.add_argument("--slice", type=int, default=None, help="slice index (default: middle)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draws", type=int, default=5, help="draws per p value")
+    parser.add_argument("--upsample", action="store_true", help="affine on a 2x upsampled grid")
+    parser.add_argument("--bench", action="store_true", help="ms per knee slice 15x640x368 on one CPU thread")
+    args = parser.parse_args(argv)
+    if not args.preview and not args.bench:
+        parser.error("nothing to do: give --preview OUT.png and/or --bench")
+    if args.bench:
+        torch.set_num_threads(1)
+        for up in (False, True):
+            res = bench_augment(upsample=up)
+            print(f"MRAugment 15x640x368 cpu 1 thread, all transforms, upsample={up}: "
+                  f"{res['ms_per_slice']:.1f} ms/slice (min {res['ms_min']:.1f}, max {res['ms_max']:.1f})")
+    if args.preview:
+        write_preview(args.preview, args.file, args.slice, args.seed, args.draws, args.upsample)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,496 @@
+"""Evaluate/export CLI: trained VarNet weights -> fastMRI-format reconstructions (one HDF5 per volume) + metrics.json.
+
+Usage::
+
+    python -m varnet_ds.evaluate --run RUN_DIR --data DIR --out OUT [--acceleration 4] [--center-fraction 0.08]
+        [--mask-type equispaced] [--device cpu|cuda] [--max-volumes N] [--precision fp32|bf16] [--batch-slices 4]
+    python -m varnet_ds.evaluate --checkpoint model_fp32.pt|state_dict.pt [--num-cascades 12 --chans 18 ...] ...
+
+``OUT/<input file name>`` holds ``reconstruction`` (float32 ``[slices, rH, rW]``), the fastMRI submission format:
+the full-size VarNet output centre-cropped to the header's recon size, or square to the output width when the
+output is narrower than that ("FLAIR 203", as ``VarNetModule.test_step``). Every write goes to a hidden temporary
+file that is renamed into place, so a killed run never leaves a half-written file under a final name.
+
+``OUT/metrics.json`` scores every volume that has ``reconstruction_rss`` exactly as ``fastmri.evaluate`` scores
+``OUT`` against the data folder: both images centre-cropped to ``(W, W)`` with ``W`` the target width, then SSIM,
+PSNR and NMSE per volume with ``maxval`` the cropped target's maximum; means and ``2 * stddev`` over volumes.
+Volumes without a target (test data) are reconstructed but not scored; with no ``--acceleration`` they use the
+file's stored ``mask`` when there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import h5py
+import numpy as np
+import torch
+from fastmri.data.transforms import center_crop
+from torch.utils.data import DataLoader
+
+from varnet_ds.config import ModelConfig, load_config
+from varnet_ds.data.check import TARGET_KEY, DataError, check_folder
+from varnet_ds.data.datasets import MASK_TYPES, VarNetTransform, build_eval_dataset, volume_table
+from varnet_ds.evaluation import model_inputs
+from varnet_ds.metrics import VolumeResult, evaluation_crop, summarize, volume_metrics
+from varnet_ds.model import PRECISIONS, VarNetDS
+
+PathLike = Union[str, Path]
+SIZE_KEYS = ("num_cascades", "chans", "pools", "sens_chans", "sens_pools")
+FASTMRI_SIZES = {k: getattr(ModelConfig(), k) for k in SIZE_KEYS}  # 12, 18, 4, 8, 4 as fastMRI's VarNet
+DEFAULT_ACCELERATION = 4
+WEIGHTS_FILE = "model_fp32.pt"
+ZERO_TO_FP32_FILE = "pytorch_model.bin"  # what DeepSpeed's zero_to_fp32.py writes into its output folder
+
+
+def _missing_weights_message(run_dir: Path) -> str:
+    ckpt = run_dir / "checkpoints"
+    latest = ckpt / "latest"
+    tag = latest.read_text().strip() if latest.is_file() else "TAG"
+    return (f"{run_dir / WEIGHTS_FILE} not found: training writes it at the end; for an unfinished run use "
+            f"{ckpt}/{tag} with zero_to_fp32: `python {ckpt / 'zero_to_fp32.py'} {ckpt} OUT_DIR -t {tag}`, then "
+            f"--checkpoint OUT_DIR/{ZERO_TO_FP32_FILE} with the run's model sizes (--num-cascades ...)")
+
+
+def _strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Drop a ``module.`` (DDP/DeepSpeed) or ``varnet.`` (fastMRI VarNetModule) prefix shared by every key."""
+    for prefix in ("module.", "varnet."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def read_weights(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read a ``model_fp32.pt`` payload or a plain VarNet state_dict file (CPU tensors).
+
+    Returns:
+        ``(state_dict, info)`` where ``info`` has the payload's ``model`` sizes (``{}`` for a plain state_dict),
+        ``global_step`` and ``epoch`` when present.
+
+    Raises:
+        FileNotFoundError: the file does not exist. ValueError: not a torch file or not a state_dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and weights_only errors all mean "not our format"
+        raise ValueError(f"{path}: cannot load as model_fp32.pt or state_dict ({type(err).__name__}: {err})") from None
+    info: Dict[str, Any] = {}
+    if isinstance(payload, Mapping) and isinstance(payload.get("state_dict"), Mapping):
+        model_info = payload.get("model") or {}
+        info = {"model": {k: int(model_info[k]) for k in SIZE_KEYS if k in model_info}}
+        info.update({k: payload[k] for k in ("global_step", "epoch") if k in payload})
+        payload = payload["state_dict"]
+    if not isinstance(payload, Mapping) or not payload or not all(torch.is_tensor(v) for v in payload.values()):
+        raise ValueError(f"{path}: neither a model_fp32.pt payload ({{'state_dict': ...}}) nor a state_dict of tensors")
+    return _strip_prefixes(dict(payload)), info
+
+
+def check_state_dict(state: Mapping[str, torch.Tensor], model: torch.nn.Module, source: PathLike) -> None:
+    """Raise a ValueError naming the first missing, unexpected and mis-shaped keys when ``state`` does not fit."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} (file {tuple(state[k].shape)}, model {tuple(v.shape)})"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or shapes):
+        return
+    parts = [f"{name} {items[:4]}" for name, items in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
+    raise ValueError(
+        f"{source} does not match a VarNet with {model_sizes(model)}: {'; '.join(parts)}. The file looks like "
+        f"{infer_sizes(state)}: pass the sizes it was trained with (--num-cascades/--chans/--pools/--sens-chans/"
+        "--sens-pools)"
+    )
+
+
+def _unet_sizes(state: Mapping[str, torch.Tensor], prefix: str) -> Tuple[Optional[int], int]:
+    first = state.get(f"{prefix}.down_sample_layers.0.layers.0.weight")
+    layers = f"{prefix}.down_sample_layers."
+    pools = len({k[len(layers):].split(".")[0] for k in state if k.startswith(layers)})  # = num_pool_layers
+    return (None if first is None else int(first.shape[0])), pools
+
+
+def infer_sizes(state: Mapping[str, torch.Tensor]) -> Dict[str, Optional[int]]:
+    """VarNet sizes read off a state_dict's keys and shapes (for error messages; None where not found)."""
+    chans, pools = _unet_sizes(state, "cascades.0.model.unet")
+    sens_chans, sens_pools = _unet_sizes(state, "sens_net.norm_unet.unet")
+    num_cascades = len({k.split(".")[1] for k in state if k.startswith("cascades.")})
+    return {"num_cascades": num_cascades, "chans": chans, "pools": pools, "sens_chans": sens_chans,
+            "sens_pools": sens_pools}
+
+
+def model_sizes(model: VarNetDS) -> Dict[str, int]:
+    """The five VarNet size parameters of a built model."""
+    unet, sens_unet = model.cascades[0].model.unet, model.sens_net.norm_unet.unet
+    return {"num_cascades": len(model.cascades), "chans": unet.chans, "pools": unet.num_pool_layers,
+            "sens_chans": sens_unet.chans, "sens_pools": sens_unet.num_pool_layers}
+
+
+def load_model(
+    run_or_checkpoint: PathLike,
+    precision: str = "fp32",
+    sizes: Optional[Mapping[str, Optional[int]]] = None,
+    device: Union[str, torch.device] = "cpu",
+) -> VarNetDS:
+    """Build a :class:`VarNetDS` and load consolidated fp32 weights into it (eval mode, on ``device``).
+
+    Args:
+        run_or_checkpoint: A run folder (``RUN/model_fp32.pt`` is loaded), an output folder of DeepSpeed's
+            ``zero_to_fp32.py`` (``pytorch_model.bin``) or a file: a ``model_fp32.pt`` payload or a plain fastMRI
+            VarNet state_dict.
+        precision: ``fp32`` | ``bf16`` (bf16 U-Nets, fp32 FFTs).
+        sizes: Model sizes (``num_cascades, chans, pools, sens_chans, sens_pools``); ``None`` values and
+            missing keys come from the payload's ``model`` entry, then the run's ``config.yaml``, then fastMRI's
+            defaults.
+        device: Where the model goes.
+
+    Returns:
+        The model, with ``source_checkpoint`` (the weights file, str) and ``checkpoint_step`` (the payload's
+        ``global_step`` or None) set.
+
+    Raises:
+        FileNotFoundError: missing run folder, ``model_fp32.pt`` or file. ValueError: unreadable file or weights
+        that do not match the sizes (names the keys).
+    """
+    path = Path(run_or_checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such run folder or checkpoint file")
+    run_dir = path if path.is_dir() else None
+    if run_dir is not None:
+        path = run_dir / WEIGHTS_FILE
+        if not path.is_file() and (run_dir / ZERO_TO_FP32_FILE).is_file():
+            path = run_dir / ZERO_TO_FP32_FILE  # an output folder of zero_to_fp32.py
+        if not path.is_file():
+            raise FileNotFoundError(_missing_weights_message(run_dir))
+    state, info = read_weights(path)
+    resolved = dict(FASTMRI_SIZES)
+    if run_dir is not None and not info.get("model") and (run_dir / "config.yaml").is_file():
+        resolved.update({k: int(getattr(load_config(run_dir / "config.yaml").model, k)) for k in SIZE_KEYS})
+    resolved.update(info.get("model", {}))
+    resolved.update({k: int(v) for k, v in (sizes or {}).items() if v is not None})
+    unknown = sorted(set(resolved) - set(SIZE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown model size keys {unknown}; expected {list(SIZE_KEYS)}")
+    model = VarNetDS(**resolved, checkpointing="none", precision=precision)
+    check_state_dict(state, model, path)
+    model.load_state_dict(state, strict=True)
+    model.source_checkpoint = str(path)
+    model.checkpoint_step = info.get("global_step")
+    return model.to(resolve_device(device)).eval()
+
+
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    """``torch.device`` from a name; a clear error when CUDA is asked for and missing."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False)")
+    return dev
+
+
+class StoredMaskTransform:
+    """Use the file's stored ``mask`` (test data, k-space already undersampled) when present, else ``fallback``."""
+
+    def __init__(self, fallback: Callable) -> None:
+        self.fallback = fallback
+        self.stored = VarNetTransform(None, use_seed=True)
+
+    def __call__(self, kspace, mask, target, attrs, fname, slice_num):  # noqa: D102
+        transform = self.stored if mask is not None else self.fallback
+        return transform(kspace, mask, target, attrs, fname, slice_num)
+
+
+def mask_summary(mask: np.ndarray) -> Tuple[int, float]:
+    """(acceleration, centre fraction) of a stored 1-D column mask: width / sampled, contiguous centre run / width."""
+    m = np.asarray(mask).reshape(-1) > 0
+    width, centre = m.size, m.size // 2
+    if not m[centre]:
+        run = 0
+    else:
+        left = centre - int(np.argmin(m[:centre][::-1])) if not m[:centre].all() else 0
+        right = centre + int(np.argmin(m[centre:])) if not m[centre:].all() else width
+        run = right - left
+    return int(round(width / max(int(m.sum()), 1))), run / width
+
+
+def _mask_attrs(path: PathLike, mask_type: str, center_fraction: float, acceleration: Optional[int]) -> dict:
+    """HDF5 attributes describing the mask a volume was reconstructed with (stored mask or the flags')."""
+    with h5py.File(path, "r") as hf:
+        stored = np.asarray(hf["mask"]) if acceleration is None and "mask" in hf else None
+    if stored is None:
+        return {"acceleration": acceleration or DEFAULT_ACCELERATION, "center_fraction": center_fraction,
+                "mask_type": mask_type, "mask_source": "flags"}
+    acc, cf = mask_summary(stored)
+    return {"acceleration": acc, "center_fraction": cf, "mask_type": "stored", "mask_source": "file"}
+
+
+def submission_crop(output_hw: Sequence[int], recon_size: Sequence[int]) -> Tuple[int, int]:
+    """fastMRI's test-time crop: ``recon_size[:2]``, or square to the output width when narrower (FLAIR 203)."""
+    width = int(output_hw[-1])
+    if width < int(recon_size[1]):
+        return width, width
+    return int(recon_size[0]), int(recon_size[1])
+
+
+def _atomic_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def write_reconstruction(path: PathLike, recon: np.ndarray, attrs: Mapping[str, Any]) -> None:
+    """Write ``reconstruction`` (float32 ``[slices, h, w]``) and ``attrs`` to ``path`` via a temporary file."""
+    path = Path(path)
+    tmp = _atomic_path(path)
+    try:
+        with h5py.File(tmp, "w") as hf:
+            hf.create_dataset("reconstruction", data=np.asarray(recon, dtype=np.float32))
+            for key, value in attrs.items():
+                hf.attrs[key] = value
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None  # 2*std of a single volume is NaN: write null
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: PathLike, data: Mapping[str, Any]) -> None:
+    """Strict JSON (NaN/inf -> null), written via a temporary file."""
+    path = Path(path)
+    tmp = _atomic_path(path)
+    try:
+        tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def score_volume(data_file: PathLike, recon: np.ndarray) -> Optional[Dict[str, float]]:
+    """fastmri.evaluate's scores of one reconstruction against the file's ``reconstruction_rss`` (None: no target)."""
+    with h5py.File(data_file, "r") as hf:
+        if TARGET_KEY not in hf:
+            return None
+        target = hf[TARGET_KEY][()]
+    target, recon = evaluation_crop(target, recon)
+    return volume_metrics(target, recon, maxval=None)
+
+
+def _summary_rows(results: Sequence[VolumeResult]) -> Tuple[Optional[dict], Dict[str, dict]]:
+    if not results:
+        return None, {}
+    rows = summarize(results)
+    strip = ("acquisition", "acceleration")
+    clean = [{k: v for k, v in r.items() if k not in strip} for r in rows]
+    per_acq = {r["acquisition"]: c for r, c in zip(rows, clean) if "acquisition" in r and "acceleration" not in r}
+    return clean[0], per_acq
+
+
+def format_summary(metrics: Mapping[str, Any]) -> str:
+    """Fixed-width table of the overall and per-acquisition means (+/- 2 std) of ``metrics.json``."""
+    if metrics.get("overall") is None:
+        return f"no volume with '{TARGET_KEY}': reconstructions written, nothing scored"
+    groups = [("overall", metrics["overall"]), *sorted(metrics["per_acquisition"].items())]
+
+    def cell(row, name, fmt):
+        std = row[f"{name}_2std"]
+        return f"{row[name]:{fmt}}" + ("" if std is None or not math.isfinite(std) else f" +/- {std:{fmt}}")
+
+    table = [("group", "volumes", "SSIM", "PSNR", "NMSE")]
+    table += [(g, str(r["num_volumes"]), cell(r, "ssim", ".4f"), cell(r, "psnr", ".2f"), cell(r, "nmse", ".4g"))
+              for g, r in groups]
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def evaluate_folder(
+    model: VarNetDS,
+    data_dir: PathLike,
+    out_dir: PathLike,
+    mask_type: str = "equispaced",
+    center_fraction: float = 0.08,
+    acceleration: Optional[int] = DEFAULT_ACCELERATION,
+    device: Union[str, torch.device] = "cpu",
+    max_volumes: Optional[int] = None,
+    batch_slices: int = 4,
+    num_workers: int = 0,
+    skip_bad: bool = False,
+    source: Optional[str] = None,
+    log: Optional[Callable[[str], None]] = print,
+) -> Dict[str, Any]:
+    """Reconstruct every volume of ``data_dir`` into ``out_dir`` and score those with a target.
+
+    Args:
+        model: A VarNet (e.g. from :func:`load_model`); it is moved to ``device`` and run in eval mode.
+        data_dir: Folder of fastMRI multicoil ``.h5`` files (validated with ``check_folder``, headers only).
+        out_dir: Output folder (created); must differ from ``data_dir``.
+        mask_type: fastMRI mask type (masks are seeded by file name: identical slices, runs and validation).
+        center_fraction: Fraction of fully sampled centre columns.
+        acceleration: Undersampling factor; ``None``: the file's stored ``mask`` where present, else
+            :data:`DEFAULT_ACCELERATION` with ``mask_type`` / ``center_fraction``.
+        device: ``cpu`` | ``cuda`` | ``cuda:N``.
+        max_volumes: Only the first N volumes (file-name order).
+        batch_slices: Slices of one volume per forward pass (bounds memory; results do not depend on it).
+        num_workers: DataLoader workers reading and masking slices.
+        skip_bad: Skip files that fail the check instead of stopping at the first one.
+        source: Checkpoint name for the HDF5 attributes (default: ``model.source_checkpoint``).
+        log: Called with one progress line per volume (``None``: silent).
+
+    Returns:
+        The content written to ``out_dir/metrics.json``: ``settings``, ``overall`` (None when nothing was
+        scored), ``per_acquisition``, ``per_volume`` (scored volumes) and ``unscored`` (``{fname, reason}``).
+
+    Raises:
+        DataError: missing/empty data folder or a bad file (names it). ValueError: bad arguments.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if batch_slices < 1:
+        raise ValueError(f"batch_slices = {batch_slices}: must be >= 1")
+    if acceleration is not None and acceleration < 1:
+        raise ValueError(f"acceleration = {acceleration}: must be >= 1 (or None for the stored masks)")
+    report = check_folder(data_dir, require_target=False, skip_bad=skip_bad, scan_values=False)
+    if not report.volumes:
+        raise DataError(data_dir, f"no usable volumes; bad files: {report.bad}")
+    if out_dir.resolve() == data_dir.resolve():
+        raise ValueError(f"--out {out_dir} is the data folder: the outputs would overwrite the inputs")
+    dev = resolve_device(device)
+    dataset = build_eval_dataset(data_dir, mask_type, center_fraction, acceleration or DEFAULT_ACCELERATION,
+                                 max_volumes=max_volumes, skip_files=report.bad_files)
+    if acceleration is None:
+        dataset.transform = StoredMaskTransform(dataset.transform)
+    table = volume_table(dataset)
+    by_volume: Dict[str, List[int]] = {}
+    for i, (fname, _, _) in enumerate(dataset.raw_samples):
+        by_volume.setdefault(Path(fname).name, []).append(i)
+    chunks = [idx[k:k + batch_slices] for idx in by_volume.values() for k in range(0, len(idx), batch_slices)]
+    loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = source or getattr(model, "source_checkpoint", "unknown")
+    was_training = model.training
+    model.to(dev).eval()
+    results: List[VolumeResult] = []
+    unscored: List[Dict[str, str]] = []
+    pending: Dict[int, np.ndarray] = {}
+    start = time.time()
+    for batch in loader:
+        name = batch.fname[0]
+        info = table[name]
+        output = model(*model_inputs(batch, dev))
+        output = center_crop(output, submission_crop(output.shape[-2:], info["recon_size"]))
+        for i, slice_num in enumerate(batch.slice_num.tolist()):
+            pending[int(slice_num)] = output[i].float().cpu().numpy()
+        if len(pending) < info["num_slices"]:
+            continue
+        recon = np.stack([pending[s] for s in sorted(pending)]).astype(np.float32)
+        pending = {}
+        if not np.isfinite(recon).all():
+            raise DataError(info["path"], "reconstruction has NaN/inf values; check the k-space with "
+                                          f"`python -m varnet_ds.data.check {data_dir}` and the weights {source}")
+        acq = str(info["acquisition"] or "unknown")
+        mask_attrs = _mask_attrs(info["path"], mask_type, center_fraction, acceleration)
+        acc = mask_attrs["acceleration"]
+        write_reconstruction(out_dir / name, recon, {**mask_attrs, "checkpoint": str(source), "acquisition": acq,
+                                                     "precision": str(getattr(model, "precision", "fp32"))})
+        try:
+            scores = score_volume(info["path"], recon)
+            reason = f"no '{TARGET_KEY}'"
+        except ValueError as err:
+            scores, reason = None, str(err)
+        if scores is None:
+            unscored.append({"fname": name, "reason": reason})
+            text = f"not scored ({reason})"
+        else:
+            results.append(VolumeResult(name, acq, int(acc), int(recon.shape[0]), **scores))
+            text = f"ssim={scores['ssim']:.4f} psnr={scores['psnr']:.2f} nmse={scores['nmse']:.4g}"
+        if log is not None:
+            log(f"[{len(results) + len(unscored)}/{len(table)}] {name} {acq} {recon.shape[0]} slices x{acc} "
+                f"-> {tuple(recon.shape[1:])}: {text} ({time.time() - start:.1f}s)")
+    if was_training:
+        model.train()
+
+    overall, per_acq = _summary_rows(results)
+    metrics = {
+        "settings": {
+            "data": str(data_dir), "out": str(out_dir), "checkpoint": str(source),
+            "checkpoint_step": getattr(model, "checkpoint_step", None), "mask_type": mask_type,
+            "center_fraction": center_fraction, "acceleration": acceleration, "device": str(dev),
+            "precision": str(getattr(model, "precision", "fp32")), "batch_slices": batch_slices,
+            "max_volumes": max_volumes, "model": model_sizes(model), "num_volumes": len(table),
+            "skipped_files": report.bad_files,
+            "metric_definition": "fastmri.evaluate: (W, W) centre crop, W = target width; maxval = target max",
+        },
+        "overall": overall,
+        "per_acquisition": per_acq,
+        "per_volume": [r._asdict() for r in results],
+        "unscored": unscored,
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    return _json_safe(metrics)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m varnet_ds.evaluate", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="run folder (loads RUN/model_fp32.pt)")
+    src.add_argument("--checkpoint", type=Path, help="model_fp32.pt or a plain fastMRI VarNet state_dict file")
+    p.add_argument("--data", type=Path, required=True, help="folder of fastMRI multicoil .h5 files")
+    p.add_argument("--out", type=Path, required=True, help="output folder (reconstructions + metrics.json)")
+    p.add_argument("--mask-type", default="equispaced", choices=MASK_TYPES, help="default: equispaced")
+    p.add_argument("--center-fraction", type=float, default=0.08, help="default: 0.08")
+    p.add_argument("--acceleration", type=int, default=None,
+                   help=f"default: the file's stored mask if it has one, else {DEFAULT_ACCELERATION}")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    p.add_argument("--device", default=default_device, help=f"cpu | cuda | cuda:N (default: {default_device})")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default: fp32")
+    p.add_argument("--max-volumes", type=int, default=None, help="first N volumes by file name (default: all)")
+    p.add_argument("--batch-slices", type=int, default=4, help="slices per forward pass, bounds memory (4)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    p.add_argument("--skip-bad", action="store_true", help="skip files that fail the data check")
+    for key in SIZE_KEYS:
+        p.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
+                       help=f"default: from the checkpoint, else fastMRI's {FASTMRI_SIZES[key]}")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point; 0 on success, 1 on a clear input error (printed to stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.run is not None and args.run.exists() and not args.run.is_dir():
+            raise ValueError(f"--run {args.run}: not a folder (use --checkpoint for a weights file)")
+        sizes = {k: getattr(args, k) for k in SIZE_KEYS}
+        model = load_model(args.run or args.checkpoint, args.precision, sizes, args.device)
+        print(f"model: {model.source_checkpoint} {model_sizes(model)} {args.precision} on {args.device}", flush=True)
+        metrics = evaluate_folder(
+            model, args.data, args.out, args.mask_type, args.center_fraction, args.acceleration, args.device,
+            max_volumes=args.max_volumes, batch_slices=args.batch_slices, num_workers=args.num_workers,
+            skip_bad=args.skip_bad,
+        )
+    except (FileNotFoundError, ValueError) as err:  # DataError and ConfigError are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_summary(metrics))
+    print(f"wrote {metrics['settings']['num_volumes']} reconstructions and {args.out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
