@@ -167,7 +167,7 @@ def bootstrap_mean_ci(diffs: np.ndarray, seed: int = 0, resamples: int = BOOTSTR
     idx = rng.integers(0, diffs.size, size=(resamples, diffs.size))
     means = diffs[idx].mean(axis=1)
     alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha]) * 0.5
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return float(low), float(high)
 
 

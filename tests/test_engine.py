@@ -125,3 +125,15 @@ def test_run_folder_and_consolidated_weights(one_rank):
     val = [r for r in rows if r["split"] == "val_brain" and "acquisition" not in r and "acceleration" not in r]
     assert val and all(0 < r["ssim"] <= 1 and r["psnr"] > 0 and r["nmse"] > 0 for r in val)
     assert (one_rank / "checkpoints" / "latest").is_file()
+
+
+def test_init_weights_from_consolidated(one_rank, synth_dirs, tmp_path):
+    weights = one_rank / "model_fp32.pt"
+    _ok(run_single(common(synth_dirs, tmp_path / "ok", "train.max_steps=1", f"train.init_weights={weights}")))
+    first = train_rows(tmp_path / "ok")[0]["loss"]
+    fresh = train_rows(one_rank)[0]["loss"]
+    assert first != pytest.approx(fresh, rel=1e-6)  # started from trained weights, not from scratch
+    proc = run_single(common(synth_dirs, tmp_path / "bad", "train.max_steps=1", "model.chans=6",
+                             f"train.init_weights={weights}"))
+    assert proc.returncode == 2
+    assert "train.init_weights" in proc.stderr and "does not match" in proc.stderr

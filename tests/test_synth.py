@@ -205,6 +205,11 @@ def test_defaults_match_fastmri():
         assert s.shape[1] == 320 or s.acquisition == "AXFLAIR"
     small = make_spec("knee", 0, 0, shape="160x128", coils=4)
     assert small.recon_size == (80, 80) and small.num_coils == 4
+    # overrides leave the other random properties of a volume unchanged
+    full = make_spec("brain", 5, 3)
+    over = make_spec("brain", 5, 3, slices=2, coils=3, shape=(64, 40))
+    assert (over.fname, over.patient_id, over.snr, over.system_model) == (
+        full.fname, full.patient_id, full.snr, full.system_model)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -31,6 +31,7 @@ from varnet_ds.runtime import (
     versions,
 )
 from varnet_ds.tracking import Tracker
+from varnet_ds.weights import check_state_dict, read_weights
 
 EXIT_REQUEUE = 124  # exit code after a SIGTERM/SIGUSR1 checkpoint: "resume me" (see launch/slurm.sbatch)
 
@@ -315,15 +316,9 @@ class Trainer:
 
 
 def _load_weights(model: torch.nn.Module, path: str) -> None:
-    """Load a ``model_fp32.pt`` (ours) or a plain VarNet state_dict into ``model``."""
-    p = Path(path)
-    if not p.is_file():
+    """Load a ``model_fp32.pt`` (ours), a ``zero_to_fp32.py`` output or a plain VarNet state_dict into ``model``."""
+    if not Path(path).is_file():
         raise FileNotFoundError(f"train.init_weights = {path}: file not found")
-    payload = torch.load(p, map_location="cpu", weights_only=False)
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"train.init_weights = {path}: does not match the model (missing {list(missing)[:5]}, "
-                         f"unexpected {list(unexpected)[:5]}); check model.* settings")
-
-
+    state, _ = read_weights(path)
+    check_state_dict(state, model, f"train.init_weights = {path}")
+    model.load_state_dict(state, strict=True)

@@ -60,7 +60,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     dist = init_distributed()
     try:
         return Trainer(cfg, args.ds_config, dist).fit()
-    except (DataError, CheckpointError, ConfigError, FileNotFoundError, FloatingPointError) as err:
+    except (DataError, CheckpointError, ConfigError, FileNotFoundError, FloatingPointError, ValueError) as err:
         kind = type(err).__name__
         print(f"varnet_ds [rank {dist.rank}]: {kind}: {err}", file=sys.stderr, flush=True)
         return 2

@@ -103,15 +103,21 @@ def make_spec(anatomy: str, index: int, seed: int, shape=None, recon_size=None, 
                              f"choose from {sorted(ACQUISITION_CONTRAST[anatomy])}")
     acq = cycle[index % len(cycle)]
     contrast = ACQUISITION_CONTRAST[anatomy][acq]
+    # every random property is drawn unconditionally, in a fixed order, so that an override (e.g. --slices)
+    # does not change the others
     rng = np.random.default_rng([seed, index, ANATOMIES.index(anatomy), 0])
+    u = rng.uniform(size=8)
+    narrow_width = int(rng.choice([264, 272]))
+    random_slices = int(rng.integers(10, 17)) if anatomy == "knee" else int(rng.integers(8, 17))
+    random_coils = 15 if anatomy == "knee" else int(rng.choice([16, 20]))
+    model, field = _SCANNERS[int(rng.integers(len(_SCANNERS)))]
+    site = int(rng.integers(200, 211))
+    patient_id = rng.bytes(32).hex()
 
     shape_ = _pair(shape, "shape")
-    if shape_ is None:
-        if anatomy == "knee":
-            shape_ = (640, 368)
-        else:  # some FLAIR volumes are narrower, like fastMRI's "FLAIR 203" cases
-            narrow = acq == "AXFLAIR" and rng.uniform() < 0.5
-            shape_ = (640, int(rng.choice([264, 272])) if narrow else 320)
+    if shape_ is None:  # some brain FLAIR volumes are narrower, like fastMRI's "FLAIR 203" cases
+        narrow = anatomy == "brain" and acq == "AXFLAIR" and u[0] < 0.5
+        shape_ = (640, 368) if anatomy == "knee" else (640, narrow_width if narrow else 320)
     recon = _pair(recon_size, "recon_size") if recon_size is not None else default_recon_size(shape_)
     if recon[0] > shape_[0] or recon[1] > shape_[1] or min(recon) < 1:
         raise ValueError(f"recon_size {recon[0]}x{recon[1]} must fit inside the k-space shape {shape_[0]}x{shape_[1]}")
@@ -120,28 +126,26 @@ def make_spec(anatomy: str, index: int, seed: int, shape=None, recon_size=None, 
     if coils is not None and (int(coils) != coils or not 1 <= coils <= 64):
         raise ValueError(f"coils must be an integer in [1, 64], got {coils!r}")
     w = shape_[1]
-    if anatomy == "knee":
-        pads = tuple(max(1, int(round(w * rng.uniform(0.042, 0.05)))) for _ in range(2))
-        num_slices = int(slices) if slices is not None else int(rng.integers(10, 17))
-        num_coils = int(coils) if coils is not None else 15
-        log_max = rng.uniform(np.log(2e-4), np.log(1e-3)) + (np.log(0.6) if contrast == "PDFS" else 0.0)
+    if anatomy == "knee":  # fastMRI knee: about 17 zero columns on each side of 368
+        pads = tuple(max(1, int(round(w * (0.042 + 0.008 * f)))) for f in u[1:3])
+        log_max = np.log(2e-4) + u[3] * np.log(5.0) + (np.log(0.6) if contrast == "PDFS" else 0.0)
     else:
-        pads = (0, 0) if rng.uniform() < 0.5 else tuple(int(round(w * rng.uniform(0.0, 0.03))) for _ in range(2))
-        num_slices = int(slices) if slices is not None else int(rng.integers(8, 17))
-        num_coils = int(coils) if coils is not None else int(rng.choice([16, 20]))
-        log_max = rng.uniform(np.log(1.5e-4), np.log(6e-4))
+        pads = (0, 0) if u[4] < 0.5 else tuple(int(round(w * 0.03 * f)) for f in u[1:3])
+        log_max = np.log(1.5e-4) + u[3] * np.log(4.0)
     if w - pads[0] - pads[1] < w // 2 + 2:
         pads = (0, 0)
     pixel = max(_RECON_FOV_MM[anatomy] / recon[0], _MIN_PHASE_FOV_MM[anatomy] / w)
-    model, field = _SCANNERS[int(rng.integers(len(_SCANNERS)))]
+    snr_lo, snr_hi = _SNR[contrast]
     ident = 1_000_000 * (1 if anatomy == "knee" else 6) + seed * MAX_VOLUMES + index
-    fname = f"file{ident}.h5" if anatomy == "knee" else f"file_brain_{acq}_{int(rng.integers(200, 211))}_{ident}.h5"
+    fname = f"file{ident}.h5" if anatomy == "knee" else f"file_brain_{acq}_{site}_{ident}.h5"
     return VolumeSpec(
         anatomy=anatomy, index=index, seed=int(seed), acquisition=acq, contrast=contrast, shape=shape_,
-        recon_size=recon, pad=(int(pads[0]), int(pads[1])), num_slices=num_slices, num_coils=num_coils,
-        pixel_mm=float(pixel), slice_mm=3.0 if anatomy == "knee" else 5.0, snr=float(rng.uniform(*_SNR[contrast])),
-        target_max=float(np.exp(log_max)), fname=fname, patient_id=rng.bytes(32).hex(), system_model=model,
-        field_strength=field,
+        recon_size=recon, pad=(int(pads[0]), int(pads[1])),
+        num_slices=int(slices) if slices is not None else random_slices,
+        num_coils=int(coils) if coils is not None else random_coils,
+        pixel_mm=float(pixel), slice_mm=3.0 if anatomy == "knee" else 5.0,
+        snr=float(snr_lo + u[5] * (snr_hi - snr_lo)), target_max=float(np.exp(log_max)), fname=fname,
+        patient_id=patient_id, system_model=model, field_strength=field,
     )
 
 
