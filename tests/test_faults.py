@@ -125,7 +125,7 @@ def test_nonfinite_loss_skipped_then_stop_with_checkpoint(synth_dirs, tmp_path):
     proc = run_single(common(dirs, tmp_path / "run", "train.max_steps=4", "data.check_on_start=false",
                              "train.max_bad_steps=2"))
     assert proc.returncode == 2
-    assert "non-finite losses in a row" in proc.stderr
+    assert "non-finite losses/gradients in a row" in proc.stderr
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(r.get("event") == "nonfinite_loss_skipped" for r in rows) == 2
     assert ckpt.find_latest(tmp_path / "run" / "checkpoints") is not None
@@ -194,3 +194,33 @@ def test_keep_last_k(tmp_path):
     assert ckpt.complete_tags(tmp_path) == [ckpt.tag_for(4), ckpt.tag_for(5)]
     assert (tmp_path / ckpt.LATEST).read_text() == ckpt.tag_for(5)
     assert os.path.exists(tmp_path / ckpt.tag_for(5) / "rng_rank0.pt")
+
+
+INF_GRAD_SCRIPT = """
+import sys, torch
+from varnet_ds.config import load_config
+from varnet_ds.distributed import init_distributed
+from varnet_ds.engine import Trainer
+cfg = load_config("demo", sys.argv[2:])
+trainer = Trainer(cfg, sys.argv[1], init_distributed())
+calls = {"n": 0}
+def poison(grad):  # the 2nd backward gets an infinite gradient, the loss stays finite
+    calls["n"] += 1
+    return torch.full_like(grad, float("inf")) if calls["n"] == 2 else grad
+next(trainer.engine.module.parameters()).register_hook(poison)
+sys.exit(trainer.fit())
+"""
+
+
+def test_nonfinite_gradient_step_is_skipped(synth_dirs, tmp_path):
+    args = common(synth_dirs, tmp_path, "train.max_steps=3")
+    ds_config, overrides = args[1], [a for a in args[4:]]
+    proc = subprocess.run([sys.executable, "-c", INF_GRAD_SCRIPT, ds_config, *overrides], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    _ok(proc)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in rows if r.get("event") == "nonfinite_grad_skipped"]
+    assert len(skipped) == 1
+    assert [r["step"] for r in train_rows(tmp_path)] == [1, 3]  # step 2 consumed, not applied, not logged as train
+    weights = torch.load(tmp_path / "model_fp32.pt", weights_only=False)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in weights.values())

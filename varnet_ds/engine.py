@@ -10,7 +10,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from fastmri.losses import SSIMLoss
@@ -141,8 +141,13 @@ class Trainer:
             signal.signal(sig, handler)
 
     # ------------------------------------------------------------------ train
-    def _train_step(self, batch) -> float:
-        """Forward, SSIM loss, backward, step. Returns the loss, or NaN when the step was skipped."""
+    def _train_step(self, batch) -> Tuple[float, str]:
+        """Forward, SSIM loss, backward, step.
+
+        Returns:
+            (loss, status): status ``ok``; ``nonfinite_loss`` (no backward on any rank: the flag is agreed by an
+            all-reduce); ``nonfinite_grad`` (the ZeRO optimizer found inf/NaN gradients and skipped the update).
+        """
         masked_kspace, mask, nlf = model_inputs(batch, self.dist.device)
         output = self.engine(masked_kspace, mask, nlf)
         output, target = crop_pair(output, batch.target.to(self.dist.device))
@@ -154,11 +159,14 @@ class Trainer:
         if any_stop:
             self._stop_signal = self._stop_signal or signal.SIGTERM
         if any_bad:
-            self.engine.zero_grad() if hasattr(self.engine, "zero_grad") else self.optimizer.zero_grad()
-            return math.nan
+            self.optimizer.zero_grad()
+            return math.nan, "nonfinite_loss"
+        skipped_before = self.engine.skipped_steps
         self.engine.backward(loss)
         self.engine.step()
-        return float(loss.detach())
+        if self.engine.skipped_steps > skipped_before:
+            return float(loss.detach()), "nonfinite_grad"
+        return float(loss.detach()), "ok"
 
     def _log_train(self, losses: List[float], t0: float, samples: int) -> None:
         mean_loss = sum(losses) / len(losses)
@@ -199,18 +207,21 @@ class Trainer:
             window: List[float] = []  # micro-batch losses of the current accumulation window
             t0, samples = time.perf_counter(), 0
             for batch in loader:
-                loss = self._train_step(batch)
+                loss, status = self._train_step(batch)
                 self.batch_in_epoch += 1
                 samples += int(batch.masked_kspace.shape[0])
-                if math.isnan(loss):
+                if status != "ok":
                     self.bad_steps += 1
                     self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event",
-                                      "event": "nonfinite_loss_skipped", "fname": list(batch.fname),
+                                      "event": f"{status}_skipped", "fname": list(batch.fname),
                                       "slice": [int(s) for s in batch.slice_num]})
+                    if status == "nonfinite_grad":
+                        self.global_step = self.engine.global_steps  # the optimizer step was consumed, not applied
+                        window = []
                     if self.bad_steps >= cfg.train.max_bad_steps:
                         self.save_checkpoint()
                         raise FloatingPointError(
-                            f"{self.bad_steps} non-finite losses in a row at step {self.global_step}; "
+                            f"{self.bad_steps} non-finite losses/gradients in a row at step {self.global_step}; "
                             f"checkpoint kept in {self.ckpt_dir}. Check the data (python -m varnet_ds.data.check) "
                             "or lower train.lr")
                     continue
