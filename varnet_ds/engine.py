@@ -148,6 +148,7 @@ class Trainer:
             (loss, status): status ``ok``; ``nonfinite_loss`` (no backward on any rank: the flag is agreed by an
             all-reduce); ``nonfinite_grad`` (the ZeRO optimizer found inf/NaN gradients and skipped the update).
         """
+        batch = self.train.prepare(batch)
         masked_kspace, mask, nlf = model_inputs(batch, self.dist.device)
         output = self.engine(masked_kspace, mask, nlf)
         output, target = crop_pair(output, batch.target.to(self.dist.device))
@@ -209,7 +210,7 @@ class Trainer:
             for batch in loader:
                 loss, status = self._train_step(batch)
                 self.batch_in_epoch += 1
-                samples += int(batch.masked_kspace.shape[0])
+                samples += len(batch.fname)
                 if status != "ok":
                     self.bad_steps += 1
                     self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event",

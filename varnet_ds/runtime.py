@@ -5,10 +5,11 @@ from __future__ import annotations
 import platform
 import random
 import resource
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from torch.utils.data import DistributedSampler, Sampler
 from varnet_ds.data.augment import AugmentSchedule, MRAugment
 from varnet_ds.data.check import DataError, check_folder
 from varnet_ds.data.datasets import build_loader, build_train_dataset
+from varnet_ds.data.device_augment import FullySampledSample, augment_and_mask
 from varnet_ds.distributed import DistInfo, broadcast_object
 
 
@@ -140,6 +142,14 @@ class TrainData:
     cfg: DictConfig
     dist: DistInfo
     aug_p: float = 0.0
+    augmentor: Optional[MRAugment] = None  # set when aug.device == cuda: augmentation runs in the train step
+
+    def prepare(self, batch):
+        """A ``VarNetSample`` batch for the model: augments and masks :class:`FullySampledSample` on the device."""
+        if isinstance(batch, FullySampledSample):
+            mask_func = self.transform.mask_func
+            return augment_and_mask(batch, self.augmentor, mask_func, self.dist.device)
+        return batch
 
     def loader(self, epoch: int, skip: int = 0):
         """A loader for ``epoch`` (deterministic order from run.seed), skipping ``skip`` samples already done."""
@@ -161,7 +171,12 @@ def build_train_loader(cfg: DictConfig, dist: DistInfo, bad_files: Sequence[Tupl
     dataset = build_train_dataset(cfg, augmentor=augmentor, schedule=schedule if augmentor else None,
                                   skip_files=[str(p) for p, _ in bad_files])
     dataset.transform = PerSampleSeed(dataset.transform, cfg.run.seed)
-    return TrainData(dataset=dataset, transform=dataset.transform, schedule=schedule, cfg=cfg, dist=dist)
+    on_device = augmentor is not None and cfg.aug.device == "cuda"
+    if on_device and dist.device.type != "cuda" and dist.is_main:
+        warnings.warn("aug.device=cuda but this rank trains on the CPU: MRAugment runs in the train step on the CPU",
+                      stacklevel=2)
+    return TrainData(dataset=dataset, transform=dataset.transform, schedule=schedule, cfg=cfg, dist=dist,
+                     augmentor=augmentor if on_device else None)
 
 
 def reset_peak_memory(device: torch.device) -> None:

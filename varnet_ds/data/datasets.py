@@ -27,6 +27,7 @@ from fastmri.data import transforms as T
 from fastmri.data.subsample import MaskFunc, create_mask_for_mask_type
 
 from varnet_ds.data.check import DataError, list_h5_files
+from varnet_ds.data.device_augment import FullySampledSample
 from varnet_ds.data.samplers import (
     DistributedVolumeSampler,
     build_loader,
@@ -95,6 +96,7 @@ class VarNetTransform:
         augmentor: Optional[Any] = None,
         schedule: Optional[Callable[[int], float]] = None,
         seed: int = 0,
+        augment_on_device: bool = False,
     ):
         if augmentor is not None and schedule is None:
             raise ValueError("VarNetTransform: an augmentor needs a schedule (epoch -> p)")
@@ -102,6 +104,7 @@ class VarNetTransform:
             raise ValueError("VarNetTransform: augmentation needs a mask_func (the mask is applied after it)")
         self.mask_func = mask_func
         self.use_seed = use_seed
+        self.augment_on_device = augment_on_device  # return FullySampledSample; the train step augments
         self.augmentor = augmentor
         self.schedule = schedule
         self.epoch = 0
@@ -154,6 +157,15 @@ class VarNetTransform:
             return self._plain(kspace, mask, target, attrs, fname, slice_num)
         if target is None:
             raise DataError(fname, "augmentation needs a target ('reconstruction_rss')")
+        if self.augment_on_device:
+            return FullySampledSample(
+                kspace=T.to_tensor(kspace), target=torch.from_numpy(np.asarray(target)), fname=fname,
+                slice_num=slice_num, max_value=attrs["max"],
+                crop_size=(attrs["recon_size"][0], attrs["recon_size"][1]),
+                padding=(int(attrs["padding_left"]), int(attrs["padding_right"])),
+                aug_seed=int(torch.randint(0, 2**62, (1,), generator=self.generator)),
+                mask_seed=int(self.mask_func.rng.randint(0, 2**31 - 1)), p=p,
+            )
         target_size = (int(target.shape[-2]), int(target.shape[-1]))
         kspace_aug, target_aug = self.augmentor.augment(
             T.to_tensor(kspace), target_size, p, generator=self.generator
@@ -330,7 +342,7 @@ def build_train_dataset(
         raise ValueError("config key 'data.train_path' is not set")
     mask_func = build_mask_func(data.mask_type, data.center_fractions, data.accelerations, seed=cfg.run.seed)
     transform = VarNetTransform(mask_func, use_seed=False, augmentor=augmentor, schedule=schedule,
-                                seed=cfg.run.seed)
+                                seed=cfg.run.seed, augment_on_device=augmentor is not None and cfg.aug.device == "cuda")
     return make_slice_dataset(
         data.train_path,
         transform,
