@@ -35,3 +35,13 @@ def synth_dirs(tmp_path_factory) -> Dict[str, Path]:
 def synth_file(synth_dirs) -> Path:
     """One small simulated knee file (CORPD_FBK, 3 slices, 4 coils, 64x48, recon 32x32)."""
     return sorted(synth_dirs["train"].glob("*.h5"))[0]
+
+
+@pytest.fixture(scope="session")
+def one_rank(synth_dirs, tmp_path_factory):
+    """A finished 1-process ZeRO-2 run: 2 micro-batches per step (global batch 2), 4 steps."""
+    from trainrun import common, ok, run_single
+
+    out = tmp_path_factory.mktemp("one_rank")
+    ok(run_single(common(synth_dirs, out, "train.grad_accum=2", "train.max_steps=4")))
+    return out

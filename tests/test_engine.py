@@ -5,75 +5,17 @@ so they are marked slow; ``make test`` runs them.
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ["model.num_cascades=2", "model.chans=4", "model.pools=2", "model.sens_chans=2", "model.sens_pools=2"]
+from trainrun import common, ok, run_deepspeed, run_single, train_rows
 
 pytestmark = pytest.mark.slow
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def common(synth_dirs, out_dir, *extra):
-    return [
-        "--ds_config", str(ROOT / "ds_configs" / "zero2.json"), "--config", "demo", *TINY,
-        f"data.train_path={synth_dirs['train']}", f"data.val_path={synth_dirs['val']}",
-        f"data.transfer_path={synth_dirs['brain']}", f"run.out_dir={out_dir}", "data.num_workers=0",
-        "eval.every_epochs=100", "log.progress=false", "log.wandb.mode=disabled", "train.epochs=5", *extra,
-    ]
-
-
-def run_single(args, timeout=300):
-    cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), *args]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def run_deepspeed(args, nproc=2, timeout=400):
-    launcher = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(launcher), "--num_gpus", str(nproc), "--master_port", str(_free_port()),
-           str(ROOT / "varnet_ds" / "train.py"), *args]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _free_port():
-    from varnet_ds.distributed import free_port
-
-    return free_port()
-
-
-def _ok(proc):
-    out, err = proc.stdout[-4000:], proc.stderr[-6000:]
-    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{out}\nSTDERR:\n{err}"
-
-
-def train_rows(run_dir):
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
-    return [r for r in rows if r["split"] == "train"]
-
-
-@pytest.fixture(scope="module")
-def one_rank(synth_dirs, tmp_path_factory):
-    """1 process, 2 micro-batches per step (global batch 2), 4 steps."""
-    out = tmp_path_factory.mktemp("one_rank")
-    _ok(run_single(common(synth_dirs, out, "train.grad_accum=2", "train.max_steps=4")))
-    return out
-
-
 def test_two_rank_zero2_matches_one_rank(one_rank, synth_dirs, tmp_path):
     proc = run_deepspeed(common(synth_dirs, tmp_path, "train.grad_accum=1", "train.max_steps=4"))
-    _ok(proc)
+    ok(proc)
     a, b = train_rows(one_rank), train_rows(tmp_path)
     assert [r["step"] for r in a] == [1, 2, 3, 4] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
@@ -90,9 +32,9 @@ def test_two_rank_zero2_matches_one_rank(one_rank, synth_dirs, tmp_path):
 
 
 def test_resume_continues_exactly(one_rank, synth_dirs, tmp_path):
-    _ok(run_single(common(synth_dirs, tmp_path, "train.grad_accum=2", "train.max_steps=2")))
+    ok(run_single(common(synth_dirs, tmp_path, "train.grad_accum=2", "train.max_steps=2")))
     proc = run_single(common(synth_dirs, tmp_path, "train.grad_accum=2", "train.max_steps=4"))
-    _ok(proc)
+    ok(proc)
     assert "resumed from" in proc.stdout
     rows = train_rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # nothing duplicated or missing
@@ -129,7 +71,7 @@ def test_run_folder_and_consolidated_weights(one_rank):
 
 def test_init_weights_from_consolidated(one_rank, synth_dirs, tmp_path):
     weights = one_rank / "model_fp32.pt"
-    _ok(run_single(common(synth_dirs, tmp_path / "ok", "train.max_steps=1", f"train.init_weights={weights}")))
+    ok(run_single(common(synth_dirs, tmp_path / "ok", "train.max_steps=1", f"train.init_weights={weights}")))
     first = train_rows(tmp_path / "ok")[0]["loss"]
     fresh = train_rows(one_rank)[0]["loss"]
     assert first != pytest.approx(fresh, rel=1e-6)  # started from trained weights, not from scratch

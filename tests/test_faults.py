@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from test_engine import ROOT, _env, _ok, common, run_single, train_rows
+from trainrun import ROOT, common, env, free_port, ok, run_single, train_rows
 
 from varnet_ds import checkpoint as ckpt
 from varnet_ds.distributed import DistInfo
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 def start_single(args):
     cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(predicate, proc, timeout=120):
@@ -43,7 +43,7 @@ def wait_for(predicate, proc, timeout=120):
 def reference(synth_dirs, tmp_path_factory):
     """Uninterrupted: 6 steps, checkpoint every step."""
     out = tmp_path_factory.mktemp("reference")
-    _ok(run_single(common(synth_dirs, out, "train.max_steps=6", "train.checkpoint_every_steps=1")))
+    ok(run_single(common(synth_dirs, out, "train.max_steps=6", "train.checkpoint_every_steps=1")))
     return out
 
 
@@ -63,7 +63,7 @@ def test_kill9_then_rerun_resumes_exactly(reference, synth_dirs, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "model_fp32.pt").exists()  # it really died mid-run
     rerun = run_single(args)
-    _ok(rerun)
+    ok(rerun)
     assert "resumed from" in rerun.stdout
     steps = [r["step"] for r in train_rows(tmp_path)]
     assert steps == [1, 2, 3, 4, 5, 6]  # every step exactly once
@@ -86,7 +86,7 @@ def test_sigterm_checkpoints_and_requeues(reference, synth_dirs, tmp_path):
     assert 1 <= stopped_at < 6
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "preempted" for r in rows)
-    _ok(run_single(args))
+    ok(run_single(args))
     assert [r["step"] for r in train_rows(tmp_path)] == [1, 2, 3, 4, 5, 6]
     assert _same_weights(reference, tmp_path)
 
@@ -108,7 +108,7 @@ def test_bad_file_fails_fast_or_is_skipped(synth_dirs, tmp_path):
     assert "file_broken.h5" in proc.stderr
     assert not (tmp_path / "run_a" / "checkpoints").exists()  # failed before training
     proc = run_single(common(dirs, tmp_path / "run_b", "train.max_steps=1", "data.skip_bad_files=true"))
-    _ok(proc)
+    ok(proc)
     rows = [json.loads(line) for line in (tmp_path / "run_b" / "metrics.jsonl").read_text().splitlines()]
     skipped = [r for r in rows if r.get("event") == "skipped_bad_files"]
     assert skipped and skipped[0]["count"] == 1 and "file_broken.h5" in skipped[0]["files"][0]
@@ -133,12 +133,12 @@ def test_nonfinite_loss_skipped_then_stop_with_checkpoint(synth_dirs, tmp_path):
 
 def test_config_errors_before_any_process_group(tmp_path):
     cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), "--config", "demo", "train.epochz=3"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "train.epochz" in proc.stderr
     ds = tmp_path / "fp16.json"
     ds.write_text(json.dumps({"fp16": {"enabled": True}}))
     cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), "--ds_config", str(ds), "--config", "demo"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "fp16.enabled" in proc.stderr
     assert "init_distributed" not in proc.stderr and "Initializing TorchBackend" not in proc.stdout + proc.stderr
 
@@ -148,9 +148,9 @@ def test_port_in_use_is_named(synth_dirs, tmp_path):
         sock.bind(("127.0.0.1", 0))
         sock.listen(1)
         port = sock.getsockname()[1]
-        env = dict(_env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        port_env = dict(env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), *common(synth_dirs, tmp_path)]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cmd, cwd=ROOT, env=port_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert f"port {port}" in proc.stderr and "in use" in proc.stderr
 
@@ -215,12 +215,53 @@ sys.exit(trainer.fit())
 def test_nonfinite_gradient_step_is_skipped(synth_dirs, tmp_path):
     args = common(synth_dirs, tmp_path, "train.max_steps=3")
     ds_config, overrides = args[1], [a for a in args[4:]]
-    proc = subprocess.run([sys.executable, "-c", INF_GRAD_SCRIPT, ds_config, *overrides], cwd=ROOT, env=_env(),
+    proc = subprocess.run([sys.executable, "-c", INF_GRAD_SCRIPT, ds_config, *overrides], cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=300)
-    _ok(proc)
+    ok(proc)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     skipped = [r for r in rows if r.get("event") == "nonfinite_grad_skipped"]
     assert len(skipped) == 1
     assert [r["step"] for r in train_rows(tmp_path)] == [1, 3]  # step 2 consumed, not applied, not logged as train
     weights = torch.load(tmp_path / "model_fp32.pt", weights_only=False)["state_dict"]
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_read_error_mid_run_names_file_and_slice(synth_dirs, tmp_path):
+    from varnet_ds.data.check import DataError
+    from varnet_ds.data.datasets import build_eval_dataset
+
+    data = tmp_path / "val"
+    shutil.copytree(synth_dirs["val"], data)
+    ds = build_eval_dataset(data, "equispaced", 0.08, 4)
+    victim = Path(ds.raw_samples[1][0])
+    victim.write_bytes(victim.read_bytes()[:4096])  # the file breaks after the index was built
+    with pytest.raises(DataError) as err:
+        ds[1]
+    assert victim.name in str(err.value) and f"slice {ds.raw_samples[1][1]}" in str(err.value)
+
+
+def test_kill9_one_rank_of_two_then_rerun(one_rank, synth_dirs, tmp_path):
+    """kill -9 of one DeepSpeed rank: the launcher takes the job down; the same command resumes it."""
+    import psutil
+
+    args = common(synth_dirs, tmp_path, "train.max_steps=4", "train.checkpoint_every_steps=1")
+    launcher = Path(sys.executable).parent / "deepspeed"
+    cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()),
+           str(ROOT / "varnet_ds" / "train.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reached = wait_for(lambda: (tmp_path / "checkpoints" / ckpt.tag_for(2) / ckpt.COMPLETE).exists(), proc, 300)
+    assert reached, proc.communicate()[0][-3000:]
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank=1" in " ".join(p.cmdline())]
+    assert len(ranks) == 1
+    ranks[0].kill()
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not (tmp_path / "model_fp32.pt").exists()
+    cmd[cmd.index("--master_port") + 1] = str(free_port())
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=400)
+    ok(rerun)
+    assert [r["step"] for r in train_rows(tmp_path)] == [1, 2, 3, 4]
+    wa = torch.load(one_rank / "model_fp32.pt", weights_only=False)["state_dict"]
+    wb = torch.load(tmp_path / "model_fp32.pt", weights_only=False)["state_dict"]
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4), k

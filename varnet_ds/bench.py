@@ -1,31 +1,51 @@
 """Memory/speed benchmark: the plain-PyTorch fp32 reference vs our engine's policies, in ONE process.
 
-    python -m varnet_ds.bench --shape knee --steps 10            # GPU: the README table
+    python -m varnet_ds.bench --shape knee --steps 10 --repeat-reference   # GPU: the README table
     python -m varnet_ds.bench --shape 64x48x4 --cascades 2 --chans 8 --steps 2   # CPU smoke run
+    python -m varnet_ds.bench --plan 2.0 --shape knee                    # memory planner (CUDA only)
+    python -m varnet_ds.bench --comms --step-time 0.23                   # ZeRO-2 multi-GPU on paper
 
-Every configuration trains a freshly initialised VarNet on the same random batch (batch 1, Adam, fastMRI
-SSIMLoss on the centre crop) and reports peak memory (``torch.cuda.max_memory_allocated``; n/a on CPU) and the
-median step time after one warm-up step. The reference is fastMRI's ``VarNet`` with a plain ``torch.optim.Adam``;
-ours is :class:`varnet_ds.model.VarNetDS` inside a DeepSpeed engine built from a ds_configs/ JSON.
+Every configuration trains a VarNet from the same initial weights on the same random batch (batch 1, Adam,
+fastMRI SSIMLoss on the centre crop) and reports peak memory, the median step time after one warm-up step and the
+last loss (fp32 rows must match the reference's loss: a correctness cross-check). The
+reference is fastMRI's ``VarNet`` with a plain ``torch.optim.Adam``; ours is :class:`varnet_ds.model.VarNetDS`
+inside a DeepSpeed engine built from a ds_configs/ JSON.
+
+Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps (reset after the warm-up), which includes
+the shared batch. On CPU it is "n/a": PyTorch keeps allocator statistics only for CUDA; CPU tensors come from
+malloc, and the process RSS mixes in Python, DeepSpeed's op builds and freed-but-unreturned heap, so it gives no
+per-configuration peak that could be compared with a GPU figure.
+
+Order must not bias the numbers: after each configuration the engine is destroyed (its ZeRO hooks removed), every
+reference dropped, ``gc.collect()`` and ``torch.cuda.empty_cache()`` run; the row records whether the model was
+really freed (``freed``) and, on CUDA, the memory still allocated when the configuration started (``start_gib``,
+the batch only). ``--repeat-reference`` measures the reference again at the end as a drift check.
+
+MRAugment rows (``--augment``, on by default): ms per slice on one CPU thread (= one loader worker) and, on CUDA,
+on the GPU, with the share of the measured reference step it adds (issue target: <= 5 % on GPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import contextlib
 import json
+import math
+import os
 import statistics
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from fastmri.losses import SSIMLoss
 from fastmri.models import VarNet
 
-from varnet_ds.model import VarNetDS
+from varnet_ds.model import VarNetDS, count_parameters
+from varnet_ds.planner import GIB, make_batch, release_memory, time_steps, train_step_fn
 
 SHAPES: Dict[str, Tuple[int, int, int]] = {  # coils, H, W
     "knee": (15, 640, 368),
@@ -33,14 +53,39 @@ SHAPES: Dict[str, Tuple[int, int, int]] = {  # coils, H, W
     "brain_big": (20, 768, 396),
 }
 DS_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+REFERENCE = "reference fp32 (plain PyTorch)"
+AUG_TARGET = 0.05  # issue 4: augmentation adds <= 5 % to a GPU training step
+
+__all__ = ["BenchResult", "AugmentResult", "SHAPES", "make_batch", "parse_shape", "run", "bench_augment_rows",
+           "main"]
 
 
 @dataclass
 class BenchResult:
+    """One training configuration: peak GiB (None on CPU), median step seconds, last loss, hygiene checks."""
+
     name: str
     peak_gib: Optional[float]
     step_s: float
     loss: float
+    start_gib: Optional[float] = None  # CUDA memory allocated when the configuration started
+    freed: bool = True  # the model was garbage-collected after the configuration
+
+
+@dataclass
+class AugmentResult:
+    """MRAugment throughput (``p = 1``, every transform fires) on one device."""
+
+    name: str
+    device: str
+    ms_per_slice: float
+    ms_min: float
+    ms_max: float
+    threads: int
+    frac_of_ref_step: Optional[float] = None  # GPU only: augment ms / reference step ms
+    frac_of_fastest_step: Optional[float] = None  # GPU only: augment ms / our fastest step ms
+    workers_to_keep_up: Optional[int] = None  # CPU only: loader workers needed to feed our fastest step
+    error: Optional[str] = None
 
 
 def parse_shape(text: str) -> Tuple[int, int, int]:
@@ -51,154 +96,303 @@ def parse_shape(text: str) -> Tuple[int, int, int]:
         h, w, c = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--shape {text!r}: use knee, brain, brain_big or HxWxC") from None
+    if min(h, w, c) < 1:
+        raise argparse.ArgumentTypeError(f"--shape {text!r}: sizes must be positive")
     return c, h, w
 
 
-def make_batch(coils: int, h: int, w: int, device: torch.device, acceleration: int = 4, seed: int = 0):
-    """A random multi-coil k-space batch with an equispaced mask and a 320x320-like target."""
-    g = torch.Generator().manual_seed(seed)
-    kspace = torch.randn(1, coils, h, w, 2, generator=g) * 1e-4
-    mask = torch.zeros(1, 1, 1, w, 1, dtype=torch.bool)
-    mask[..., ::acceleration, :] = True
-    center = max(int(round(w * 0.08)), 2)
-    mask[..., (w - center + 1) // 2 : (w - center + 1) // 2 + center, :] = True
-    th, tw = min(h // 2, 320), min(w, 320)
-    target = torch.rand(1, th, tw, generator=g) * 1e-4
-    return (kspace * mask).to(device), mask.to(device), target.to(device), torch.tensor([1e-4], device=device)
+def _allocated_gib(device: torch.device) -> Optional[float]:
+    return torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else None
 
 
-def _step_fn(model, optimizer_step, backward, batch, loss_fn) -> Callable[[], float]:
-    kspace, mask, target, max_value = batch
-
-    def step() -> float:
-        out = model(kspace, mask, None)
-        from fastmri.data.transforms import center_crop_to_smallest
-
-        tgt, out = center_crop_to_smallest(target, out)
-        loss = loss_fn(out.unsqueeze(1).float(), tgt.unsqueeze(1), data_range=max_value)
-        backward(loss)
-        optimizer_step()
-        return float(loss.detach())
-
-    return step
-
-
-def _measure(name: str, step: Callable[[], float], device: torch.device, steps: int) -> BenchResult:
-    loss = step()  # warm-up (cuDNN autotune, allocator)
+def _measure(name: str, model: torch.nn.Module, backward, optimizer_step, batch, device: torch.device,
+             steps: int) -> BenchResult:
+    start = _allocated_gib(device)
+    step = train_step_fn(model, backward, optimizer_step, batch, SSIMLoss().to(device))
+    time_steps(step, device, 1)  # warm-up (cuDNN, allocator, Adam state)
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times: List[float] = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        loss = step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return BenchResult(name, peak, statistics.median(times), loss)
+        torch.cuda.reset_peak_memory_stats(device)
+    times, loss = time_steps(step, device, steps)
+    peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    return BenchResult(name, peak, statistics.median(times), loss, start_gib=start)
 
 
-def bench_reference(model_kw: dict, batch, device, steps: int) -> BenchResult:
+def bench_reference(model_kw: dict, batch, device: torch.device, steps: int, name: str = REFERENCE) -> BenchResult:
     """fastMRI VarNet + torch Adam + SSIMLoss, fp32, no DeepSpeed, no checkpointing."""
     torch.manual_seed(0)
     model = VarNet(**model_kw).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
-    def opt_step():
+    def opt_step() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    res = _measure("reference fp32 (plain PyTorch)", _step_fn(model, opt_step, lambda loss: loss.backward(), batch,
-                                                              SSIMLoss().to(device)), device, steps)
+    res = _measure(name, model, lambda loss: loss.backward(), opt_step, batch, device, steps)
+    alive = weakref.ref(model)
+    opt_step = opt = model = None  # noqa: F841 (drop the closure's references too)
+    release_memory(device)
+    res.freed = alive() is None
     return res
 
 
-def bench_engine(model_kw: dict, batch, device, steps: int, checkpointing: str, precision: str,
+def bench_engine(model_kw: dict, batch, device: torch.device, steps: int, checkpointing: str, precision: str,
                  ds_json: Path) -> BenchResult:
-    """Our VarNetDS under a DeepSpeed engine from ``ds_json``."""
+    """Our VarNetDS (the reference's initial weights) under a DeepSpeed engine from ``ds_json``, freed afterwards."""
     import deepspeed
 
     from varnet_ds.distributed import load_ds_config
 
     torch.manual_seed(0)
+    weights = VarNet(**model_kw).state_dict()  # the reference's initial weights (same seed)
     model = VarNetDS(**model_kw, checkpointing=checkpointing, precision=precision)
+    model.load_state_dict(weights)
+    del weights
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=load_ds_config(ds_json, 1, 1))
+    engine, ds_opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=load_ds_config(ds_json, 1, 1))
     name = f"ours {ds_json.stem} ckpt={checkpointing} {precision}"
-    res = _measure(name, _step_fn(engine, engine.step, engine.backward, batch, SSIMLoss().to(device)), device, steps)
-    engine.destroy() if hasattr(engine, "destroy") else None
-    del engine, model, opt
+    res = _measure(name, engine, engine.backward, engine.step, batch, device, steps)
+    alive = weakref.ref(model)
+    engine.destroy()
+    engine = ds_opt = opt = model = None  # noqa: F841
+    release_memory(device)
+    res.freed = alive() is None
     return res
 
 
 def run(shape: Tuple[int, int, int], steps: int, model_kw: dict, configs: List[Tuple[str, str, str]],
-        reference: bool = True) -> List[BenchResult]:
+        reference: bool = True, repeat_reference: bool = False) -> List[BenchResult]:
     """Benchmark the reference and each (checkpointing, precision, ds_config stem) in this process."""
     from varnet_ds.distributed import init_distributed
 
+    for _, _, ds in configs:
+        if not (DS_DIR / f"{ds}.json").is_file():
+            raise FileNotFoundError(f"--ds {ds}: {DS_DIR / (ds + '.json')} not found")
     dist = init_distributed()
     batch = make_batch(*shape, device=dist.device)
     results = []
     if reference:
         results.append(bench_reference(model_kw, batch, dist.device, steps))
-        _free(dist.device)
     for ck, prec, ds in configs:
         results.append(bench_engine(model_kw, batch, dist.device, steps, ck, prec, DS_DIR / f"{ds}.json"))
-        _free(dist.device)
+    if repeat_reference:
+        results.append(bench_reference(model_kw, batch, dist.device, steps, name=f"{REFERENCE} repeat"))
+    for r in results:
+        if not r.freed:
+            print(f"bench: warning: {r.name} was not freed; later rows may carry its memory", file=sys.stderr)
     return results
 
 
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+def bench_augment_rows(shape: Tuple[int, int, int], device: torch.device, repeats: int = 5,
+                       ref_step_s: Optional[float] = None, fastest_step_s: Optional[float] = None
+                       ) -> List[AugmentResult]:
+    """MRAugment ms/slice on one CPU thread and, on CUDA, on the GPU, relative to the measured step times."""
+    from varnet_ds.data.augment import bench_augment
+
+    devices = ["cpu"] + (["cuda"] if device.type == "cuda" else [])
+    rows = []
+    for dev in devices:
+        threads = torch.get_num_threads()
+        if dev == "cpu":
+            torch.set_num_threads(1)
+        name = "MRAugment cpu (1 thread = 1 loader worker)" if dev == "cpu" else "MRAugment cuda (on the GPU)"
+        try:
+            r = bench_augment(shape, dev, repeats, p=1.0)
+        except Exception as err:  # report and keep the training rows already measured
+            rows.append(AugmentResult(name, dev, math.nan, math.nan, math.nan, 0, error=f"{type(err).__name__}: {err}"))
+            continue
+        finally:
+            torch.set_num_threads(threads)
+        row = AugmentResult(name, dev, r["ms_per_slice"], r["ms_min"], r["ms_max"], r["threads"])
+        if dev == "cuda":
+            row.frac_of_ref_step = r["ms_per_slice"] / (1000 * ref_step_s) if ref_step_s else None
+            row.frac_of_fastest_step = r["ms_per_slice"] / (1000 * fastest_step_s) if fastest_step_s else None
+        elif fastest_step_s:
+            row.workers_to_keep_up = math.ceil(r["ms_per_slice"] / (1000 * fastest_step_s))
+        rows.append(row)
+    return rows
 
 
-def header() -> str:
+def header() -> Dict[str, str]:
+    """Device, library versions and date of this run."""
     import deepspeed
 
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    return (f"device: {dev} | torch {torch.__version__} | deepspeed {deepspeed.__version__} | "
-            f"date {time.strftime('%Y-%m-%d')}")
+    return dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
+                torch=torch.__version__, deepspeed=deepspeed.__version__, date=time.strftime("%Y-%m-%d"))
+
+
+def header_line(h: Dict[str, str]) -> str:
+    return f"device: {h['device']} | torch {h['torch']} | deepspeed {h['deepspeed']} | date {h['date']}"
+
+
+def reference_drift(results: List[BenchResult]) -> Optional[Dict[str, Optional[float]]]:
+    """Relative step-time change and peak change (GiB) of the repeated reference vs the first one."""
+    refs = [r for r in results if r.name.startswith(REFERENCE)]
+    if len(refs) < 2:
+        return None
+    first, last = refs[0], refs[-1]
+    peak = last.peak_gib - first.peak_gib if first.peak_gib is not None and last.peak_gib is not None else None
+    return dict(step_rel=last.step_s / first.step_s - 1.0, peak_gib=peak)
 
 
 def format_table(results: List[BenchResult], shape: Tuple[int, int, int]) -> str:
-    ref = results[0] if results and results[0].name.startswith("reference") else None
+    ref = results[0] if results and results[0].name.startswith(REFERENCE) else None
     lines = [f"shape: {shape[0]} coils x {shape[1]}x{shape[2]}, batch 1",
-             f"{'configuration':<44} {'peak GiB':>9} {'step s':>8} {'vs ref time':>11}"]
+             f"{'configuration':<44} {'peak GiB':>9} {'step s':>8} {'vs ref time':>11} {'loss':>9}"]
     for r in results:
         peak = f"{r.peak_gib:.2f}" if r.peak_gib is not None else "n/a"
         rel = f"{r.step_s / ref.step_s:.2f}x" if ref else "-"
-        lines.append(f"{r.name:<44} {peak:>9} {r.step_s:>8.3f} {rel:>11}")
+        lines.append(f"{r.name:<44} {peak:>9} {r.step_s:>8.3f} {rel:>11} {r.loss:>9.5f}"
+                     + ("" if r.freed else "  (NOT freed)"))
+    drift = reference_drift(results)
+    if drift:
+        peak = f", peak {drift['peak_gib']:+.3f} GiB" if drift["peak_gib"] is not None else ""
+        lines.append(f"reference drift (repeat vs first): step {100 * drift['step_rel']:+.1f} %{peak}")
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def format_augment(rows: List[AugmentResult], shape: Tuple[int, int, int]) -> str:
+    lines = [f"MRAugment p=1 (all transforms), {shape[0]} coils x {shape[1]}x{shape[2]}, per slice:"]
+    for r in rows:
+        if r.error:
+            lines.append(f"{r.name:<44} failed: {r.error}")
+            continue
+        text = f"{r.name:<44} {r.ms_per_slice:>8.1f} ms (min {r.ms_min:.1f}, max {r.ms_max:.1f})"
+        if r.frac_of_ref_step is not None:
+            verdict = "ok" if r.frac_of_ref_step <= AUG_TARGET else "over"
+            text += f" = {100 * r.frac_of_ref_step:.1f} % of the reference step (target <= 5 %: {verdict})"
+        if r.frac_of_fastest_step is not None:
+            text += f", {100 * r.frac_of_fastest_step:.1f} % of our fastest step"
+        if r.workers_to_keep_up is not None:
+            text += f"; {r.workers_to_keep_up} worker(s) keep up with our fastest step"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(active: bool) -> Iterator[None]:
+    """Send everything written to fd 1 (DeepSpeed's op-build and log prints) to stderr, so --json stays parseable."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m varnet_ds.bench", description=__doc__.splitlines()[0])
     p.add_argument("--shape", type=parse_shape, default=SHAPES["knee"], help="knee | brain | brain_big | HxWxC")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per configuration (after 1 warm-up)")
     p.add_argument("--cascades", type=int, default=12)
     p.add_argument("--chans", type=int, default=18)
     p.add_argument("--pools", type=int, default=4)
     p.add_argument("--sens-chans", type=int, default=8)
     p.add_argument("--sens-pools", type=int, default=4)
-    p.add_argument("--checkpointing", nargs="+", default=["none", "cascades", "all"])
-    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--checkpointing", nargs="+", default=["none", "cascades", "all"], choices=["none", "cascades",
+                                                                                                "all"])
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--ds", nargs="+", default=["zero0", "zero2"], help="ds_configs/*.json stems")
     p.add_argument("--no-reference", action="store_true")
-    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    args = p.parse_args(argv)
+    p.add_argument("--repeat-reference", action="store_true", help="measure the reference again at the end (drift)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="MRAugment rows")
+    p.add_argument("--augment-repeats", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (logs go to stderr)")
+    p.add_argument("--plan", type=float, metavar="GIB", help="memory planner: fastest policy within GIB (CUDA)")
+    p.add_argument("--data", nargs="+", metavar="FOLDER", help="with --plan: profile the largest volume here")
+    p.add_argument("--margin", type=float, default=0.10, help="with --plan: safety margin on the peak (0.10)")
+    p.add_argument("--comms", action="store_true", help="ZeRO-2 multi-GPU communication estimate")
+    p.add_argument("--step-time", type=float, help="with --comms: 1-GPU step seconds (default: our fastest row)")
+    p.add_argument("--world-size", type=int, default=8, help="with --comms: GPUs")
+    return p
+
+
+def _plan(args, model_kw: dict) -> Tuple[dict, int]:
+    from varnet_ds.planner import BudgetError, PlannerError, Policy, choose_policy, largest_shape, profile_policies
+
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    policies = [Policy(c, pr) for c in args.checkpointing for pr in args.precision]
+    ds_json = DS_DIR / f"{args.ds[-1]}.json"
+    out: dict = dict(budget_gib=args.plan, margin=args.margin, ds_config=str(ds_json))
+    try:
+        shape = largest_shape(args.data) if args.data else args.shape
+        out["shape"] = list(shape)
+        profiles = profile_policies(model_kw, shape, device, steps=args.steps, policies=policies, ds_config=ds_json)
+        out["profiles"] = [dict(policy=str(p.policy), peak_gib=p.peak_gib, step_s=p.step_s,
+                                ds_extra_gib=p.ds_extra_gib) for p in profiles]
+        choice = choose_policy(profiles, args.plan, args.margin)
+    except (PlannerError, ValueError, OSError) as err:
+        out["error"] = str(err)
+        return out, 1 if isinstance(err, BudgetError) else 2
+    out["choice"] = dict(policy=str(choice.policy), overrides=choice.policy.overrides(), reason=choice.reason)
+    return out, 0
+
+
+def _format_plan(out: dict) -> str:
+    lines = [f"memory planner: budget {out['budget_gib']:g} GiB, margin {out['margin']:.0%}, "
+             f"DeepSpeed margin from {Path(out['ds_config']).name}"]
+    if "shape" in out:
+        lines.append(f"shape: {out['shape'][0]} coils x {out['shape'][1]}x{out['shape'][2]}, batch 1")
+    for p in out.get("profiles", []):
+        lines.append(f"  {p['policy']:<52} peak {p['peak_gib']:6.2f} GiB (incl. {p['ds_extra_gib']:.2f} DS) "
+                     f"{p['step_s']:7.3f} s/step")
+    if "choice" in out:
+        lines.append(f"chose {out['choice']['reason']}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    for name in ("steps", "augment_repeats", "world_size"):
+        if getattr(args, name) < 1:
+            _parser().error(f"--{name.replace('_', '-')} = {getattr(args, name)}: must be >= 1")
     model_kw = dict(num_cascades=args.cascades, chans=args.chans, pools=args.pools,
                     sens_chans=args.sens_chans, sens_pools=args.sens_pools)
-    configs = [(c, pr, d) for d in args.ds for pr in args.precision for c in args.checkpointing]
-    results = run(args.shape, args.steps, model_kw, configs, reference=not args.no_reference)
+    rc = 0
+    with _stdout_to_stderr(args.json):
+        doc: dict = dict(header(), shape=dict(coils=args.shape[0], height=args.shape[1], width=args.shape[2]),
+                         steps=args.steps, model=model_kw)
+        text: List[str] = [header_line(doc)]
+        if args.plan is not None:
+            doc["plan"], rc = _plan(args, model_kw)
+            text.append(_format_plan(doc["plan"]))
+        elif not (args.comms and args.step_time):
+            configs = [(c, pr, d) for d in args.ds for pr in args.precision for c in args.checkpointing]
+            results = run(args.shape, args.steps, model_kw, configs, reference=not args.no_reference,
+                          repeat_reference=args.repeat_reference)
+            doc["results"] = [asdict(r) for r in results]
+            doc["reference_drift"] = reference_drift(results)
+            text.append(format_table(results, args.shape))
+            ref = next((r.step_s for r in results if r.name == REFERENCE), None)
+            ours = [r.step_s for r in results if r.name.startswith("ours")]
+            fastest = min(ours) if ours else ref
+            if args.step_time is None:
+                args.step_time = fastest
+            if args.augment:
+                from varnet_ds.distributed import init_distributed
+
+                rows = bench_augment_rows(args.shape, init_distributed().device, args.augment_repeats, ref, fastest)
+                doc["augment"] = [asdict(r) for r in rows]
+                text.append(format_augment(rows, args.shape))
+        if args.comms and args.step_time:
+            from varnet_ds.comms import LINKS, comms_table, zero2_comm_estimate
+
+            num_params = count_parameters(VarNet(**model_kw))
+            doc["comms"] = [dict(zero2_comm_estimate(num_params, args.world_size, args.step_time, gbps), link=name)
+                            for name, gbps in LINKS.items()]
+            text.append(comms_table(num_params, args.step_time, args.world_size))
     if args.json:
-        print(json.dumps({"header": header(), "shape": args.shape, "results": [asdict(r) for r in results]}))
+        print(json.dumps(doc))
     else:
-        print(header())
-        print(format_table(results, args.shape))
-    return 0
+        print("\n".join(text))
+    if rc and not args.json:
+        print(f"bench: error: {doc['plan']['error']}", file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":

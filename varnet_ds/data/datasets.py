@@ -227,6 +227,16 @@ class FolderSliceDataset(SliceDataset):
                 fname, f"cannot read header/shape ({type(err).__name__}: {err}); run python -m varnet_ds.data.check"
             ) from None
 
+    def __getitem__(self, i: int):
+        """One slice; a read error names the file and the slice instead of an anonymous HDF5 traceback."""
+        fname, slice_num = self.raw_samples[i][0], self.raw_samples[i][1]
+        try:
+            return super().__getitem__(i)
+        except DataError:
+            raise
+        except (OSError, KeyError, RuntimeError, ValueError) as err:
+            raise DataError(fname, f"slice {slice_num}: read failed ({type(err).__name__}: {err})") from None
+
 
 def _check_rate(name: str, value: Optional[float]) -> None:
     if value is not None and not 0.0 < value <= 1.0:
