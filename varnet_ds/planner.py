@@ -202,7 +202,8 @@ def deepspeed_extra_bytes(ds_config: Union[None, PathLike, Mapping[str, Any]], n
     """Bytes DeepSpeed adds over plain PyTorch for a ds config (see the module docstring); 0 for ``None``.
 
     ``reduce_bucket_size x 4 x 2`` (DeepSpeed's 5e8 default when the key is absent and stage >= 1) plus, for
-    stage >= 1, the fp32 master partition ``num_params x 4 / world_size``.
+    stage >= 1, the fp32 master partition ``num_params x 4 / world_size`` (on the CPU, so not counted, when
+    ``offload_optimizer.device`` is ``cpu``/``nvme``).
     """
     if ds_config is None:
         return 0
@@ -216,7 +217,8 @@ def deepspeed_extra_bytes(ds_config: Union[None, PathLike, Mapping[str, Any]], n
     stage = int(zero.get("stage", 0))
     bucket = zero.get("reduce_bucket_size", DS_DEFAULT_BUCKET if stage >= 1 else 0)
     extra = int(float(bucket)) * 4 * 2
-    if stage >= 1:
+    offload = (zero.get("offload_optimizer") or {}).get("device", "none") in ("cpu", "nvme")
+    if stage >= 1 and not offload:
         extra += num_params * 4 // max(world_size, 1)
     return extra
 

@@ -364,44 +364,30 @@ class Tracker:
         return path
 
     def truncate_after(self, step: int) -> int:
-        """Drop ``metrics.jsonl`` rows with ``step`` greater than ``step`` (resume from a checkpoint).
+        """Drop ``metrics.jsonl`` rows with ``step`` greater than ``step``; returns how many were dropped.
 
-        Rows logged at the checkpoint's own step are kept, so save checkpoints after everything logged at that
-        step. The file is rewritten atomically; a torn last line is dropped too (with a warning).
-
-        Returns:
-            The number of rows dropped (not counting a torn line); 0 on ranks other than 0.
+        Rows logged at that step itself are kept (the engine uses :meth:`truncate_rows`, which is exact).
         """
-        if not self.active:
-            return 0
-        self._check_open()
-        self._file.close()
-        try:
-            rows = _parse_lines(self.metrics_path)
-            kept = [r for r in rows if not (isinstance(r.get("step"), (int, float)) and r["step"] > step)]
-            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.metrics_path)
-        finally:
-            self._file = open(self.metrics_path, "a", encoding="utf-8")
-        return len(rows) - len(kept)
+        return self._rewrite(
+            lambda rows: [r for r in rows if not (isinstance(r.get("step"), (int, float)) and r["step"] > step)])
 
     def truncate_rows(self, keep: int) -> int:
         """Keep only the first ``keep`` rows of ``metrics.jsonl`` (the count a checkpoint recorded).
 
         Exact rollback after a crash: everything logged after the checkpoint (train rows, evaluations at the
-        same step, events) goes, everything before stays. Atomic rewrite. Returns the number of rows dropped.
+        same step, events) goes, everything before stays. Returns the number of rows dropped.
         """
+        return self._rewrite(lambda rows: rows[: max(int(keep), 0)])
+
+    def _rewrite(self, select) -> int:
+        """Atomically rewrite ``metrics.jsonl`` with ``select(rows)`` (a torn last line is dropped, warned)."""
         if not self.active:
             return 0
         self._check_open()
         self._file.close()
         try:
             rows = _parse_lines(self.metrics_path) if self.metrics_path.exists() else []
-            kept = rows[: max(int(keep), 0)]
+            kept = select(rows)
             tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
