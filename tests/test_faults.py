@@ -265,3 +265,9 @@ def test_kill9_one_rank_of_two_then_rerun(one_rank, synth_dirs, tmp_path):
     wb = torch.load(tmp_path / "model_fp32.pt", weights_only=False)["state_dict"]
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_memory_budget_on_cpu_refuses_clearly(synth_dirs, tmp_path):
+    proc = run_single(common(synth_dirs, tmp_path, "train.max_steps=1", "train.memory_budget_gib=2"))
+    assert proc.returncode == 2
+    assert "memory planner profiles CUDA memory" in proc.stderr and "model.checkpointing" in proc.stderr

@@ -176,9 +176,12 @@ def run(shape: Tuple[int, int, int], steps: int, model_kw: dict, configs: List[T
         results.append(bench_engine(model_kw, batch, dist.device, steps, ck, prec, DS_DIR / f"{ds}.json"))
     if repeat_reference:
         results.append(bench_reference(model_kw, batch, dist.device, steps, name=f"{REFERENCE} repeat"))
-    for r in results:
-        if not r.freed:
-            print(f"bench: warning: {r.name} was not freed; later rows may carry its memory", file=sys.stderr)
+    base = results[0].start_gib if results else None
+    for r in results:  # CUDA: every row must start from the batch alone; any model must be collected
+        left = r.start_gib - base if base is not None and r.start_gib is not None else 0.0
+        if not r.freed or left > 1 / 64:
+            print(f"bench: warning: {r.name}: model freed = {r.freed}, started {left:.3f} GiB above the first row",
+                  file=sys.stderr)
     return results
 
 

@@ -82,7 +82,7 @@ def comms_table(num_params: int, step_time_s: float, world_size: int = 8,
     """A text table of :func:`zero2_comm_estimate` for each link (default :data:`LINKS`)."""
     links = LINKS if links is None else links
     lines = [f"ZeRO-2 on paper: P = {num_params:,} params x {bytes_per_elem} B, N = {world_size} GPUs, "
-             f"measured step {step_time_s:.3f} s",
+             f"1-GPU step {step_time_s:.3f} s",
              f"per GPU per step: reduce-scatter + all-gather = 2 x (N-1)/N x P x {bytes_per_elem} B",
              f"{'link':<32} {'GB/GPU/step':>11} {'comm ms':>8} {'eff no-overlap':>14} {'eff overlap':>11} "
              f"{'samples/s':>10}"]

@@ -57,6 +57,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         self.bad_files = check_data(cfg, dist)
+        self.plan_row = self._apply_memory_budget(ds_config_path) if cfg.train.memory_budget_gib else None
         model = build_model(cfg.model, cfg.train.precision)
         if cfg.train.init_weights:
             _load_weights(model, cfg.train.init_weights)
@@ -83,10 +84,36 @@ class Trainer:
             self._drop_stale_metrics()
             self.tracker.log({"step": 0, "epoch": 0, "split": "event", "event": "start", "world_size": dist.world_size,
                               "parameters": sum(p.numel() for p in model.parameters()), **versions()})
+        if self.plan_row:
+            self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", **self.plan_row})
         if self.bad_files:
             self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event",
                               "event": "skipped_bad_files", "count": len(self.bad_files),
                               "files": [f"{p}: {why}" for p, why in self.bad_files]})
+
+    def _apply_memory_budget(self, ds_config_path: str) -> Dict:
+        """``train.memory_budget_gib``: profile on rank 0's device, pick the fastest fitting policy, apply it."""
+        from varnet_ds.planner import plan
+
+        cfg, dist = self.cfg, self.dist
+        choice: object = None
+        if dist.is_main:
+            folders = [p for p in (cfg.data.train_path, cfg.data.val_path, cfg.data.transfer_path) if p]
+            try:
+                choice = plan(cfg.model, folders, cfg.train.memory_budget_gib, dist.device,
+                              batch_size=cfg.data.batch_size, ds_config=ds_config_path, world_size=dist.world_size)
+            except Exception as err:  # every rank must learn about the failure
+                choice = err
+        choice = broadcast_object(choice)
+        if isinstance(choice, Exception):
+            raise choice
+        cfg.model.checkpointing = choice.policy.checkpointing
+        cfg.train.precision = choice.policy.precision
+        if dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        return {"event": "memory_plan", "budget_gib": cfg.train.memory_budget_gib,
+                "checkpointing": choice.policy.checkpointing, "precision": choice.policy.precision,
+                "measured_peak_gib": choice.profile.peak_gib, "step_s": choice.profile.step_s}
 
     # ------------------------------------------------------------------ resume
     def _maybe_resume(self) -> Optional[Dict]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import statistics
 import time
 from dataclasses import dataclass
@@ -39,13 +38,16 @@ from fastmri.losses import SSIMLoss
 
 from varnet_ds.model import CHECKPOINTING, PRECISIONS, VarNetDS, count_parameters
 
-logger = logging.getLogger(__name__)
-
 GIB = 2**30
 PathLike = Union[str, Path]
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 MODEL_KEYS = ("num_cascades", "chans", "pools", "sens_chans", "sens_pools")
 DS_DEFAULT_BUCKET = 500_000_000  # DeepSpeed's reduce_bucket_size default (elements)
+
+
+def print_log(line: str) -> None:
+    """Default log sink: one ``[varnet_ds]`` line on stdout, like the engine's messages."""
+    print(f"[varnet_ds] {line}", flush=True)
 
 
 class PlannerError(RuntimeError):
@@ -237,7 +239,7 @@ def require_cuda(device: Union[str, torch.device]) -> torch.device:
 def profile_policies(model_cfg: Any, shape: Tuple[int, int, int], device: Union[str, torch.device],
                      steps: int = 2, policies: Optional[Iterable[Policy]] = None, batch_size: int = 1,
                      ds_config: Union[None, PathLike, Mapping[str, Any]] = None,
-                     world_size: int = 1) -> List[PolicyProfile]:
+                     world_size: int = 1, log: Optional[Callable[[str], None]] = None) -> List[PolicyProfile]:
     """Profile each policy for ``steps`` training steps (plus one warm-up) on a CUDA device.
 
     Args:
@@ -249,6 +251,7 @@ def profile_policies(model_cfg: Any, shape: Tuple[int, int, int], device: Union[
         batch_size: slices per step (``data.batch_size``).
         ds_config: DeepSpeed JSON path or dict whose overhead is added to every peak (``None``: no margin).
         world_size: data-parallel ranks (shrinks the ZeRO master-copy share).
+        log: sink for one line per policy (default :func:`print_log`; pass ``lambda s: None`` on ranks > 0).
 
     Returns:
         One :class:`PolicyProfile` per policy, in the given order; a policy that runs out of device memory gets
@@ -278,8 +281,8 @@ def profile_policies(model_cfg: Any, shape: Tuple[int, int, int], device: Union[
             step_s, peak = float("inf"), float("inf")
         batch = None
         results.append(PolicyProfile(policy, peak, step_s, extra_gib))
-        logger.info("memory planner: %s peak %.2f GiB (incl. %.2f GiB DeepSpeed), %.3f s/step",
-                    policy, peak, extra_gib, step_s)
+        (log or print_log)(f"memory planner: {policy}: peak {peak:.2f} GiB (incl. {extra_gib:.2f} GiB DeepSpeed "
+                           f"margin), {step_s:.3f} s/step")
     release_memory(device)
     return results
 
@@ -347,8 +350,12 @@ def largest_shape(folders: Union[PathLike, Sequence[PathLike]]) -> Tuple[int, in
 def plan(model_cfg: Any, folders: Union[PathLike, Sequence[PathLike]], budget_gib: float,
          device: Union[str, torch.device], *, batch_size: int = 1,
          ds_config: Union[None, PathLike, Mapping[str, Any]] = None, world_size: int = 1, steps: int = 2,
-         margin: float = 0.10, policies: Optional[Iterable[Policy]] = None) -> Choice:
+         margin: float = 0.10, policies: Optional[Iterable[Policy]] = None,
+         log: Optional[Callable[[str], None]] = None) -> Choice:
     """Largest shape in ``folders`` -> profile on ``device`` -> fastest policy within ``budget_gib``; logs it all.
+
+    Every rank can run it on its own GPU, but timing noise may make ranks disagree: run it on rank 0 and
+    broadcast the choice (``varnet_ds.distributed.broadcast_object``), or broadcast rank 0's result.
 
     Raises:
         PlannerError: not a CUDA device.
@@ -358,13 +365,14 @@ def plan(model_cfg: Any, folders: Union[PathLike, Sequence[PathLike]], budget_gi
         raise ValueError(f"train.memory_budget_gib = {budget_gib}: must be > 0")
     require_cuda(device)
     shape = largest_shape(folders)
-    logger.info("memory planner: largest volume %d coils x %dx%d, batch %d, budget %g GiB, margin %.0f%%",
-                *shape, batch_size, budget_gib, 100 * margin)
-    profiles = profile_policies(model_cfg, shape, device, steps, policies, batch_size, ds_config, world_size)
+    log = log or print_log
+    log(f"memory planner: largest volume {shape[0]} coils x {shape[1]}x{shape[2]}, batch {batch_size}, "
+        f"budget {budget_gib:g} GiB, margin {margin:.0%}")
+    profiles = profile_policies(model_cfg, shape, device, steps, policies, batch_size, ds_config, world_size, log)
     try:
         choice = choose_policy(profiles, budget_gib, margin)
     except BudgetError as err:
         raise BudgetError(f"{err} (profiled {shape[0]} coils x {shape[1]}x{shape[2]}, batch {batch_size})") from None
-    logger.info("memory planner: chose %s (measured peak %.2f GiB incl. %.2f GiB DeepSpeed margin)", choice.reason,
-                choice.profile.peak_gib, choice.profile.ds_extra_gib)
+    log(f"memory planner: chose {choice.reason} (measured peak {choice.profile.peak_gib:.2f} GiB incl. "
+        f"{choice.profile.ds_extra_gib:.2f} GiB DeepSpeed margin)")
     return choice

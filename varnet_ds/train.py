@@ -56,11 +56,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     from varnet_ds.data.check import DataError
     from varnet_ds.distributed import init_distributed
     from varnet_ds.engine import Trainer
+    from varnet_ds.planner import PlannerError
 
     dist = init_distributed()
     try:
         return Trainer(cfg, args.ds_config, dist).fit()
-    except (DataError, CheckpointError, ConfigError, FileNotFoundError, FloatingPointError, ValueError) as err:
+    except (DataError, CheckpointError, ConfigError, FileNotFoundError, FloatingPointError, ValueError,
+            PlannerError) as err:
         kind = type(err).__name__
         print(f"varnet_ds [rank {dist.rank}]: {kind}: {err}", file=sys.stderr, flush=True)
         return 2
