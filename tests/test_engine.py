@@ -79,3 +79,13 @@ def test_init_weights_from_consolidated(one_rank, synth_dirs, tmp_path):
                              f"train.init_weights={weights}"))
     assert proc.returncode == 2
     assert "train.init_weights" in proc.stderr and "does not match" in proc.stderr
+
+
+@pytest.mark.parametrize("stem", ["zero1", "zero2_offload"])
+def test_other_shipped_ds_configs_train(stem, synth_dirs, tmp_path):
+    from trainrun import ROOT
+
+    args = common(synth_dirs, tmp_path, "train.max_steps=2", "data.max_val_volumes=1")
+    args[1] = str(ROOT / "ds_configs" / f"{stem}.json")
+    ok(run_single(args))
+    assert [r["step"] for r in train_rows(tmp_path)] == [1, 2]

@@ -23,9 +23,10 @@ from varnet_ds.distributed import DistInfo
 pytestmark = pytest.mark.slow
 
 
-def start_single(args):
+def start_single(args, **extra_env):
     cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env={**env(), **extra_env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(predicate, proc, timeout=120):
@@ -74,7 +75,8 @@ def test_kill9_then_rerun_resumes_exactly(reference, synth_dirs, tmp_path):
 
 def test_sigterm_checkpoints_and_requeues(reference, synth_dirs, tmp_path):
     args = common(synth_dirs, tmp_path, "train.max_steps=6", "train.checkpoint_every_steps=100")
-    proc = start_single(args)
+    marker = tmp_path / "job.preempted"
+    proc = start_single(args, VARNET_DS_PREEMPT_MARKER=str(marker))
     reached = wait_for(lambda: (tmp_path / "metrics.jsonl").exists()
                        and '"split": "train"' in (tmp_path / "metrics.jsonl").read_text(), proc)
     assert reached, proc.communicate()[1][-3000:]
@@ -86,6 +88,7 @@ def test_sigterm_checkpoints_and_requeues(reference, synth_dirs, tmp_path):
     assert 1 <= stopped_at < 6
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "preempted" for r in rows)
+    assert marker.read_text().strip().endswith(tag)  # launch/slurm.sbatch requeues on this file
     ok(run_single(args))
     assert [r["step"] for r in train_rows(tmp_path)] == [1, 2, 3, 4, 5, 6]
     assert _same_weights(reference, tmp_path)
@@ -271,3 +274,22 @@ def test_memory_budget_on_cpu_refuses_clearly(synth_dirs, tmp_path):
     proc = run_single(common(synth_dirs, tmp_path, "train.max_steps=1", "train.memory_budget_gib=2"))
     assert proc.returncode == 2
     assert "memory planner profiles CUDA memory" in proc.stderr and "model.checkpointing" in proc.stderr
+
+
+def test_resave_of_same_step_never_overwrites_in_place(tmp_path):
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    ckpt.save(_FakeEngine(), tmp_path, 7, {"version": 1}, dist, keep=3)
+    first = (tmp_path / ckpt.tag_for(7) / "mp_rank_00_model_states.pt").stat().st_ino
+
+    class Crashing(_FakeEngine):
+        def save_checkpoint(self, root, tag, client_state, save_latest):
+            super().save_checkpoint(root, tag, client_state, save_latest)
+            raise KeyboardInterrupt  # killed mid-save
+
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(Crashing(), tmp_path, 7, {"version": 2}, dist, keep=3)
+    assert ckpt.find_latest(tmp_path) == ckpt.tag_for(7)
+    assert (tmp_path / ckpt.tag_for(7) / "mp_rank_00_model_states.pt").stat().st_ino == first  # untouched
+    ckpt.save(_FakeEngine(), tmp_path, 7, {"version": 3}, dist, keep=3)
+    state = torch.load(tmp_path / ckpt.tag_for(7) / "mp_rank_00_model_states.pt", weights_only=False)
+    assert state["version"] == 3 and ckpt.complete_tags(tmp_path) == [ckpt.tag_for(7)]

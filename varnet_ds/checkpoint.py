@@ -96,25 +96,32 @@ def save(engine, root: Path, step: int, client_state: Dict[str, Any], dist: Dist
     """
     root = Path(root)
     tag = tag_for(step)
+    partial = f"{tag}.partial"
     if dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
-        stale = root / tag
-        if stale.exists() and not (stale / COMPLETE).exists():
-            shutil.rmtree(stale, ignore_errors=True)  # leftovers of a crash while saving this very tag
+        shutil.rmtree(root / partial, ignore_errors=True)  # leftovers of a crash while saving
     barrier()
-    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
-    rng_path = root / tag / f"rng_rank{dist.rank}.pt"
+    # Write into a fresh folder: a complete tag of the same step (e.g. the final save right after a periodic
+    # one) is never overwritten in place, so a crash mid-save cannot damage the checkpoint `latest` names.
+    engine.save_checkpoint(str(root), tag=partial, client_state=client_state, save_latest=False)
+    rng_path = root / partial / f"rng_rank{dist.rank}.pt"
     tmp = rng_path.with_name(rng_path.name + ".tmp")
     torch.save(rng_state(), tmp)
     os.replace(tmp, rng_path)
     barrier()
     if dist.is_main:
+        old = root / f"{tag}.old"
+        if (root / tag).exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(root / tag, old)  # still COMPLETE: find_latest falls back to it until the swap is done
+        os.replace(root / partial, root / tag)
         meta = {"step": step, "world_size": dist.world_size, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _atomic_write(root / tag / COMPLETE, json.dumps(meta))
         _atomic_write(root / LATEST, tag)
-        for old in complete_tags(root)[:-keep]:
-            if old != tag:
-                shutil.rmtree(root / old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        for stale in complete_tags(root)[:-keep]:
+            if stale != tag:
+                shutil.rmtree(root / stale, ignore_errors=True)
     barrier()
     return tag
 

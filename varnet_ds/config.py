@@ -104,6 +104,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_bad_steps: int = 5  # non-finite losses in a row before stopping
     memory_budget_gib: Optional[float] = None
+    deterministic: bool = False  # deterministic cuDNN/cuBLAS kernels (bit-exact resume on GPU; slower)
     init_weights: Optional[str] = None  # start from weights only (model_fp32.pt or a state_dict file)
     resume: bool = True  # continue from run.out_dir/checkpoints/latest when present
 

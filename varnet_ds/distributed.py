@@ -10,6 +10,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -71,7 +72,10 @@ def init_distributed() -> DistInfo:
 
     if not torch.distributed.is_initialized():
         try:
-            deepspeed.init_distributed(dist_backend=backend)
+            # Generous collective timeout: evaluation of a large brain set or the start-up data check can keep
+            # ranks apart for longer than DeepSpeed's 10-minute default.
+            minutes = float(os.environ.get("VARNET_DS_TIMEOUT_MIN", "60"))
+            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=minutes))
         except RuntimeError as err:
             if "address already in use" in str(err).lower() or "EADDRINUSE" in str(err):
                 raise RuntimeError(

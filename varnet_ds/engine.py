@@ -7,6 +7,7 @@ shards, which each rank saves itself.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -52,11 +53,11 @@ class Trainer:
         self.run_dir = Path(cfg.run.out_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         ds_cfg = load_ds_config(ds_config_path, cfg.data.batch_size, cfg.train.grad_accum)
-        seed_everything(cfg.run.seed, dist.rank)
+        seed_everything(cfg.run.seed, dist.rank, cfg.train.deterministic)
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        self.bad_files = check_data(cfg, dist)
+        self.bad_files = check_data(cfg, dist, self.run_dir / "data_check_cache.json")
         self.plan_row = self._apply_memory_budget(ds_config_path) if cfg.train.memory_budget_gib else None
         model = build_model(cfg.model, cfg.train.precision)
         if cfg.train.init_weights:
@@ -72,21 +73,24 @@ class Trainer:
         self.train = build_train_loader(cfg, dist, self.bad_files)
         self.global_step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.bad_steps = 0
-        self._stop_signal: Optional[int] = None
+        self._signal_seen: Optional[int] = None  # set asynchronously by the handler on this rank
+        self._stop_signal: Optional[int] = None  # set only from an all-reduce: every rank agrees
         resume_state = self._maybe_resume()
         wandb_id = resume_state.get("wandb_id") if resume_state else None
         self.tracker = Tracker(cfg, self.run_dir, dist.rank, resume_id=wandb_id)
         self._resumed = bool(resume_state)
-        if resume_state:
+        max_steps = cfg.train.max_steps or math.inf
+        self._complete = bool(resume_state) and not (self.epoch < cfg.train.epochs and self.global_step < max_steps)
+        if resume_state and not self._complete:
             self._rolled_back = self.tracker.truncate_rows(
                 int(resume_state.get("metrics_rows", self.tracker.num_rows)))
         else:
             self._drop_stale_metrics()
             self.tracker.log({"step": 0, "epoch": 0, "split": "event", "event": "start", "world_size": dist.world_size,
                               "parameters": sum(p.numel() for p in model.parameters()), **versions()})
-        if self.plan_row:
+        if self.plan_row and not self._complete:
             self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", **self.plan_row})
-        if self.bad_files:
+        if self.bad_files and not self._complete:
             self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event",
                               "event": "skipped_bad_files", "count": len(self.bad_files),
                               "files": [f"{p}: {why}" for p, why in self.bad_files]})
@@ -99,11 +103,13 @@ class Trainer:
         choice: object = None
         if dist.is_main:
             folders = [p for p in (cfg.data.train_path, cfg.data.val_path, cfg.data.transfer_path) if p]
+            rng = ckpt.rng_state()
             try:
                 choice = plan(cfg.model, folders, cfg.train.memory_budget_gib, dist.device,
                               batch_size=cfg.data.batch_size, ds_config=ds_config_path, world_size=dist.world_size)
             except Exception as err:  # every rank must learn about the failure
                 choice = err
+            ckpt.set_rng_state(rng)  # profiling must not change the initial weights
         choice = broadcast_object(choice)
         if isinstance(choice, Exception):
             raise choice
@@ -162,7 +168,7 @@ class Trainer:
     # ------------------------------------------------------------------ signals
     def _install_signals(self) -> None:
         def handler(signum, _frame):
-            self._stop_signal = signum
+            self._signal_seen = signum
 
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, handler)
@@ -182,13 +188,12 @@ class Trainer:
         max_value = batch.max_value.to(self.dist.device, dtype=torch.float32)
         loss = self.loss_fn(output.unsqueeze(1).float(), target.unsqueeze(1), data_range=max_value)
         finite = bool(torch.isfinite(loss).item())
-        stop = self._stop_signal is not None
-        any_bad, any_stop = all_reduce_flags([0.0 if finite else 1.0, 1.0 if stop else 0.0], self.dist.device)
+        seen = float(self._signal_seen or 0)
+        any_bad, any_stop = all_reduce_flags([0.0 if finite else 1.0, seen], self.dist.device)
         if any_stop:
-            self._stop_signal = self._stop_signal or signal.SIGTERM
+            self._stop_signal = int(any_stop)
         if any_bad:
-            self.optimizer.zero_grad()
-            return math.nan, "nonfinite_loss"
+            return math.nan, "nonfinite_loss"  # no rank ran backward: nothing to undo
         skipped_before = self.engine.skipped_steps
         self.engine.backward(loss)
         self.engine.step()
@@ -217,7 +222,7 @@ class Trainer:
         self._install_signals()
         max_steps = cfg.train.max_steps or math.inf
         if self._resumed:
-            if not (self.epoch < cfg.train.epochs and self.global_step < max_steps):
+            if self._complete:
                 if self.dist.is_main:
                     print(f"[varnet_ds] {self.run_dir} is already complete (step {self.global_step}, epoch "
                           f"{self.epoch}); raise train.epochs or train.max_steps to continue it", flush=True)
@@ -227,12 +232,12 @@ class Trainer:
                               "rows_rolled_back": self._rolled_back, "tag": ckpt.tag_for(self.global_step)})
         self.engine.train()
         reset_peak_memory(self.dist.device)
+        window: List[float] = []  # micro-batch losses of the current accumulation window (may span epochs)
         bar = tqdm(total=None if max_steps is math.inf else int(max_steps), initial=self.global_step,
                    disable=not (self.dist.is_main and cfg.log.progress), desc=cfg.run.name, dynamic_ncols=True)
         while self.epoch < cfg.train.epochs and self.global_step < max_steps:
             loader = self.train.loader(self.epoch, skip=self.batch_in_epoch)
             losses: List[float] = []
-            window: List[float] = []  # micro-batch losses of the current accumulation window
             t0, samples = time.perf_counter(), 0
             for batch in loader:
                 loss, status = self._train_step(batch)
@@ -280,6 +285,7 @@ class Trainer:
                 self.scheduler.step()
                 if self.epoch % cfg.eval.every_epochs == 0 or self.epoch == cfg.train.epochs:
                     self.evaluate()
+                self._agree_stop()
                 if self._stop_signal is not None:
                     return self._preempt(bar)
                 continue
@@ -290,12 +296,21 @@ class Trainer:
         self._finish(final)
         return 0
 
+    def _agree_stop(self) -> None:
+        """Outside the train step: all ranks agree whether any of them saw a preemption signal."""
+        (seen,) = all_reduce_flags([float(self._signal_seen or 0)], self.dist.device)
+        if seen:
+            self._stop_signal = int(seen)
+
     def _preempt(self, bar) -> int:
         bar.close()
         tag = self.save_checkpoint()
         self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", "event": "preempted",
                           "signal": int(self._stop_signal), "tag": tag})
         self.tracker.finish()
+        marker = os.environ.get("VARNET_DS_PREEMPT_MARKER")  # set by launch/slurm.sbatch: "requeue this job"
+        if self.dist.is_main and marker:
+            Path(marker).write_text(f"{self.ckpt_dir / tag}\n")
         if self.dist.is_main:
             print(f"[varnet_ds] signal {int(self._stop_signal)}: checkpoint {tag} saved; rerun the same command "
                   f"to resume (exit code {EXIT_REQUEUE} = requeue)", flush=True)
@@ -333,6 +348,7 @@ class Trainer:
                 self.tracker.log_images(self.global_step, self.epoch, split.name, out.panels)
         self._last_eval, self._last_eval_step = outputs, self.global_step
         barrier()
+        reset_peak_memory(self.dist.device)  # train rows report the training peak, not evaluation's
         return outputs
 
     def _finish(self, final: Dict[str, EvalOutput]) -> None:

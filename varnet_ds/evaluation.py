@@ -84,7 +84,8 @@ def evaluate_split(model: torch.nn.Module, split: EvalSplit, dist: DistInfo, num
         sampler = DistributedVolumeSampler(dataset, num_replicas=dist.world_size, rank=dist.rank)
         loader = build_loader(dataset, sampler, num_workers=num_workers, base_seed=seed, rank=dist.rank, epoch=0)
         acc_state = VolumeAccumulator(owned=sampler.owned_volumes)
-        panel_key = _panel_key(table) if (panel_slice and pair_index == 0 and dist.is_main) else None
+        owned = {k: v for k, v in table.items() if k in sampler.owned_volumes}
+        panel_key = _panel_key(owned) if (panel_slice and pair_index == 0 and dist.is_main) else None
         for batch in loader:
             masked_kspace, mask, nlf = model_inputs(batch, dist.device)
             output = model(masked_kspace, mask, nlf)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import random
 import resource
@@ -17,18 +19,27 @@ from omegaconf import DictConfig
 from torch.utils.data import DistributedSampler, Sampler
 
 from varnet_ds.data.augment import AugmentSchedule, MRAugment
-from varnet_ds.data.check import DataError, check_folder
+from varnet_ds.data.check import DataError, check_file, list_h5_files
 from varnet_ds.data.datasets import build_loader, build_train_dataset
 from varnet_ds.data.device_augment import FullySampledSample, augment_and_mask
-from varnet_ds.distributed import DistInfo, broadcast_object
+from varnet_ds.distributed import DistInfo
 
 
-def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed Python, numpy and torch; ranks get different streams derived from ``seed``."""
+def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> None:
+    """Seed Python, numpy and torch; ranks get different streams derived from ``seed``.
+
+    With ``deterministic`` (``train.deterministic``) cuDNN and cuBLAS use deterministic kernels, so a resumed GPU
+    run continues bit for bit like it does on the CPU (at some speed cost).
+    """
     s = seed + 1000 * rank
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def versions() -> Dict[str, str]:
@@ -52,42 +63,88 @@ def versions() -> Dict[str, str]:
     }
 
 
-def check_data(cfg: DictConfig, dist: DistInfo) -> List[Tuple[Path, str]]:
-    """Validate the data folders on rank 0 before training (``data.check_on_start``).
+def check_data(cfg: DictConfig, dist: DistInfo, cache_path: Optional[Path] = None) -> List[Tuple[Path, str]]:
+    """Validate every data file before training (``data.check_on_start``), split across ranks.
+
+    Each rank checks every world_size-th file (headers, shapes, dtypes and a NaN/inf scan of the k-space, see
+    ``varnet_ds.data.check``); results are gathered so every rank reaches the same verdict (no rank waits alone in
+    a collective). Verdicts are cached in ``cache_path`` by (file, size, mtime), so a resumed or requeued run does
+    not read terabytes again.
 
     Returns:
-        Bad files that are to be skipped (only with ``data.skip_bad_files=true``; otherwise a bad file raises).
+        Bad files to skip (only with ``data.skip_bad_files=true``; otherwise the first bad file raises).
 
     Raises:
         DataError: on every rank, naming the file and the problem.
     """
-    folders = [("data.train_path", cfg.data.train_path, True), ("data.val_path", cfg.data.val_path, True),
-               ("data.transfer_path", cfg.data.transfer_path, True)]
-    result: object = []
+    if not cfg.data.train_path:
+        raise DataError(Path("data.train_path"), "not set: give the knee multicoil train folder")
+    folders = [(key, path) for key, path in (("data.train_path", cfg.data.train_path),
+                                             ("data.val_path", cfg.data.val_path),
+                                             ("data.transfer_path", cfg.data.transfer_path)) if path]
+    files: List[Tuple[str, Path]] = []
+    for key, path in folders:
+        if not Path(path).exists():
+            raise DataError(Path(path), f"{key}: folder does not exist")
+        files.extend((key, f) for f in list_h5_files(path))  # deterministic: same list on every rank
+    if not cfg.data.check_on_start:
+        return []
+    cache = _load_check_cache(cache_path)
+    mine = []
+    for i, (key, f) in enumerate(files):
+        if i % dist.world_size != dist.rank:
+            continue
+        stat = f.stat()
+        ident = f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if ident not in cache:
+            try:
+                check_file(f, require_target=True)
+                cache[ident] = ""
+            except DataError as err:
+                cache[ident] = err.problem
+            except Exception as err:  # anything unexpected is still a verdict about this file
+                cache[ident] = f"{type(err).__name__}: {err}"
+        mine.append((key, str(f), ident, cache[ident]))
+    verdicts = _all_gather(mine)
+    if dist.is_main and cache_path is not None:
+        _save_check_cache(cache_path, {ident: problem for _, _, ident, problem in verdicts})
+    bad = [(Path(f), problem) for _, f, _, problem in sorted(verdicts, key=lambda v: v[1]) if problem]
+    if bad and not cfg.data.skip_bad_files:
+        path, problem = bad[0]
+        more = f" (and {len(bad) - 1} more bad files; data.skip_bad_files=true skips them)" if len(bad) > 1 else ""
+        raise DataError(path, problem + more)
+    for key, _ in folders:
+        good = [v for v in verdicts if v[0] == key and not v[3]]
+        if not good:
+            raise DataError(Path(dict(folders)[key]), f"{key}: no usable volumes")
     if dist.is_main:
-        try:
-            if not cfg.data.train_path:
-                raise DataError(Path("data.train_path"), "not set: give the knee multicoil train folder")
-            bad: List[Tuple[Path, str]] = []
-            for key, path, need_target in folders:
-                if not path:
-                    continue
-                if not Path(path).exists():
-                    raise DataError(Path(path), f"{key}: folder does not exist")
-                if cfg.data.check_on_start:
-                    report = check_folder(path, require_target=need_target, skip_bad=cfg.data.skip_bad_files)
-                    bad.extend(report.bad)
-                    if not report.volumes:
-                        raise DataError(Path(path), f"{key}: no usable volumes")
-            for p, why in bad:
-                print(f"[varnet_ds] skipping bad file {p}: {why}", flush=True)
-            result = bad
-        except DataError as err:
-            result = err
-    result = broadcast_object(result)
-    if isinstance(result, Exception):
-        raise result
-    return list(result)  # type: ignore[arg-type]
+        for p, why in bad:
+            print(f"[varnet_ds] skipping bad file {p}: {why}", flush=True)
+    return bad
+
+
+def _all_gather(items: list) -> list:
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return list(items)
+    buckets: List[object] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(buckets, items)
+    return [item for bucket in buckets for item in bucket]  # type: ignore[union-attr]
+
+
+def _load_check_cache(path: Optional[Path]) -> Dict[str, str]:
+    if path is None or not Path(path).is_file():
+        return {}
+    try:
+        return dict(json.loads(Path(path).read_text()))
+    except (ValueError, OSError):
+        return {}  # a damaged cache only costs a re-check
+
+
+def _save_check_cache(path: Path, verdicts: Dict[str, str]) -> None:
+    merged = {**_load_check_cache(path), **verdicts}
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(merged, indent=0))
+    tmp.replace(path)
 
 
 class SkipSampler(Sampler):
