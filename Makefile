@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-# On a CUDA box override, e.g.: make install TORCH_SPEC="torch==2.11.0 --index-url https://download.pytorch.org/whl/cu128"
+# On a CUDA box override, e.g.: make install TORCH_SPEC="torch==2.11.0 --extra-index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 FASTMRI_SPEC ?= fastmri==0.3.0
 STAMP := $(VENV)/.install-stamp
