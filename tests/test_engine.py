@@ -89,3 +89,14 @@ def test_other_shipped_ds_configs_train(stem, synth_dirs, tmp_path):
     args[1] = str(ROOT / "ds_configs" / f"{stem}.json")
     ok(run_single(args))
     assert [r["step"] for r in train_rows(tmp_path)] == [1, 2]
+
+
+def test_rerunning_a_finished_run_changes_nothing(one_rank, synth_dirs):
+    before = (one_rank / "metrics.jsonl").read_bytes()
+    weights = (one_rank / "model_fp32.pt").read_bytes()
+    proc = run_single(common(synth_dirs, one_rank, "train.grad_accum=2", "train.max_steps=4"))
+    ok(proc)
+    assert "already complete" in proc.stdout
+    assert (one_rank / "metrics.jsonl").read_bytes() == before
+    assert (one_rank / "model_fp32.pt").read_bytes() == weights
+    assert not list(one_rank.glob("metrics.stale-*"))

@@ -81,7 +81,9 @@ class Trainer:
         self._resumed = bool(resume_state)
         max_steps = cfg.train.max_steps or math.inf
         self._complete = bool(resume_state) and not (self.epoch < cfg.train.epochs and self.global_step < max_steps)
-        if resume_state and not self._complete:
+        if self._complete:
+            pass  # a finished run is left exactly as it is (fit() returns at once)
+        elif resume_state:
             self._rolled_back = self.tracker.truncate_rows(
                 int(resume_state.get("metrics_rows", self.tracker.num_rows)))
         else:
