@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from fastmri.losses import SSIMLoss
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from varnet_ds import checkpoint as ckpt
@@ -77,10 +77,13 @@ class Trainer:
         self._stop_signal: Optional[int] = None  # set only from an all-reduce: every rank agrees
         resume_state = self._maybe_resume()
         wandb_id = resume_state.get("wandb_id") if resume_state else None
-        self.tracker = Tracker(cfg, self.run_dir, dist.rank, resume_id=wandb_id)
         self._resumed = bool(resume_state)
         max_steps = cfg.train.max_steps or math.inf
         self._complete = bool(resume_state) and not (self.epoch < cfg.train.epochs and self.global_step < max_steps)
+        tracker_cfg = cfg
+        if self._complete:  # nothing will be logged: do not open (and so duplicate) a W&B run
+            tracker_cfg = OmegaConf.merge(cfg, {"log": {"wandb": {"mode": "disabled"}}})
+        self.tracker = Tracker(tracker_cfg, self.run_dir, dist.rank, resume_id=wandb_id)
         if self._complete:
             pass  # a finished run is left exactly as it is (fit() returns at once)
         elif resume_state:
