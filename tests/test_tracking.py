@@ -224,9 +224,9 @@ def test_offline_wandb_run_and_resume(wandb_env, monkeypatch):
     assert resumed.truncate_after(10) == 3
     resumed.log({"step": 11, "epoch": 0, "split": "train", "loss": 0.125})
     resumed.finish()
-    # W&B names offline run folders by the second: a resume within the same second reuses the folder
-    resumed_dirs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
-    assert 1 <= len(resumed_dirs) <= 2 and resumed.wandb_dir in resumed_dirs
+    # W&B names offline run folders offline-run-<second>-<id>, adding "-1" when that name is taken
+    resumed_dirs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}*"))
+    assert len(resumed_dirs) == 2 and resumed.wandb_dir in resumed_dirs
     assert any(p.suffix == ".wandb" for d in resumed_dirs for p in d.iterdir())
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [10, 10, 11]
 
