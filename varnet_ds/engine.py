@@ -73,6 +73,7 @@ class Trainer:
         self.train = build_train_loader(cfg, dist, self.bad_files)
         self.global_step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.bad_steps = 0
+        self._eval_datasets: Dict = {}  # indexed eval datasets, reused by every evaluation
         self._signal_seen: Optional[int] = None  # set asynchronously by the handler on this rank
         self._stop_signal: Optional[int] = None  # set only from an all-reduce: every rank agrees
         resume_state = self._maybe_resume()
@@ -345,7 +346,8 @@ class Trainer:
         """Evaluate every split, log rows and panels (rank 0). All ranks call it."""
         outputs: Dict[str, EvalOutput] = {}
         for split in self.eval_splits():
-            out = evaluate_split(self.engine.module, split, self.dist, self.cfg.data.num_workers, self.cfg.run.seed)
+            out = evaluate_split(self.engine.module, split, self.dist, self.cfg.data.num_workers, self.cfg.run.seed,
+                                 cache=self._eval_datasets)
             outputs[split.name] = out
             for row in out.rows:
                 self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": split.name, **row})

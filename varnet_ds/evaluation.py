@@ -66,20 +66,29 @@ def zero_filled(masked_kspace: torch.Tensor, size: Tuple[int, int]) -> torch.Ten
 
 @torch.no_grad()
 def evaluate_split(model: torch.nn.Module, split: EvalSplit, dist: DistInfo, num_workers: int, seed: int,
-                   panel_slice: bool = True) -> EvalOutput:
+                   panel_slice: bool = True, cache: Optional[Dict] = None) -> EvalOutput:
     """Score ``model`` on one split at every (cf, acc) pair; all ranks must call it.
+
+    Args:
+        cache: optional dict reused across calls to keep the indexed datasets (masks are fixed per volume, so a
+            dataset is reusable).
 
     Returns:
         Summary rows (overall / per acquisition / per acceleration, see ``varnet_ds.metrics.summarize``),
-        per-volume results, and image panels of a fixed slice (first volume, middle slice, first pair).
+        per-volume results, and image panels of a fixed slice (rank 0's first volume by name, middle slice, first pair).
     """
     was_training = model.training
     model.eval()
     results: List[VolumeResult] = []
     panels = None
     for pair_index, (cf, acc) in enumerate(split.pairs):
-        dataset = build_eval_dataset(split.path, split.mask_type, cf, acc, max_volumes=split.max_volumes,
-                                     skip_files=split.skip_files)
+        key = (split.path, split.mask_type, cf, acc, split.max_volumes, tuple(split.skip_files))
+        dataset = (cache or {}).get(key)
+        if dataset is None:  # built once per run: indexing a large brain folder reads every header
+            dataset = build_eval_dataset(split.path, split.mask_type, cf, acc, max_volumes=split.max_volumes,
+                                         skip_files=split.skip_files)
+            if cache is not None:
+                cache[key] = dataset
         table = volume_table(dataset)
         sampler = DistributedVolumeSampler(dataset, num_replicas=dist.world_size, rank=dist.rank)
         loader = build_loader(dataset, sampler, num_workers=num_workers, base_seed=seed, rank=dist.rank, epoch=0)
