@@ -40,6 +40,7 @@ from varnet_ds.data.datasets import MASK_TYPES, VarNetTransform, build_eval_data
 from varnet_ds.evaluation import model_inputs
 from varnet_ds.metrics import VolumeResult, evaluation_crop, summarize, volume_metrics
 from varnet_ds.model import PRECISIONS, VarNetDS
+from varnet_ds.tracking import json_safe
 from varnet_ds.weights import FASTMRI_SIZES, SIZE_KEYS, load_model, model_sizes, resolve_device
 
 PathLike = Union[str, Path]
@@ -108,22 +109,12 @@ def write_reconstruction(path: PathLike, recon: np.ndarray, attrs: Mapping[str, 
         tmp.unlink(missing_ok=True)
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None  # 2*std of a single volume is NaN: write null
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def write_json(path: PathLike, data: Mapping[str, Any]) -> None:
     """Strict JSON (NaN/inf -> null), written via a temporary file."""
     path = Path(path)
     tmp = _atomic_path(path)
     try:
-        tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -292,7 +283,7 @@ def evaluate_folder(
         "unscored": unscored,
     }
     write_json(out_dir / "metrics.json", metrics)
-    return _json_safe(metrics)
+    return json_safe(metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -127,13 +127,14 @@ def _scalar(value: Any) -> Any:
     raise TypeError(f"cannot log value of type {type(value).__name__}: {value!r}")
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """Strict-JSON view of ``value``: NaN/inf -> None, mappings and sequences converted recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -290,7 +291,7 @@ class Tracker:
         self._check_open()
         record = {str(k): _scalar(v) for k, v in row.items()}
         record.setdefault("time", time.time())
-        self._file.write(json.dumps(_json_safe(record)) + "\n")
+        self._file.write(json.dumps(json_safe(record)) + "\n")
         self._file.flush()
         self.num_rows += 1
         if self._run is None:
