@@ -40,6 +40,44 @@ def test_checkpointing_gives_same_loss_and_gradients(policy):
         assert torch.allclose(g, grads_b[name], atol=1e-5, rtol=1e-5), name
 
 
+@pytest.mark.parametrize("policy,chunk", [("none", 2), ("cascades", 1), ("all", 2), ("all", 5)])
+def test_coil_chunked_sensitivity_net_changes_nothing(policy, chunk):
+    torch.manual_seed(3)
+    plain = VarNetDS(**SMALL, checkpointing="none")
+    chunked = VarNetDS(**SMALL, checkpointing=policy, sens_chunk=chunk)
+    chunked.load_state_dict(plain.state_dict(), strict=True)  # same keys as fastMRI
+    kspace, mask = _batch(3, coils=5)
+    loss_a, grads_a = _loss_and_grads(plain, kspace, mask)
+    loss_b, grads_b = _loss_and_grads(chunked, kspace, mask)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6, rtol=0)
+    for name, g in grads_a.items():
+        assert torch.allclose(g, grads_b[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_sens_chunk_checkpoints_each_chunk_under_all(monkeypatch):
+    import varnet_ds.model as model_mod
+
+    calls = []
+    original = model_mod.checkpoint
+
+    def spy(fn, *args, **kw):
+        calls.append(getattr(fn, "__name__", type(fn).__name__))
+        return original(fn, *args, **kw)
+
+    monkeypatch.setattr(model_mod, "checkpoint", spy)
+    model = VarNetDS(**SMALL, checkpointing="all", sens_chunk=2).train()
+    kspace, mask = _batch(4, coils=5)
+    model(kspace, mask).mean().backward()
+    assert calls.count("_run") == 3  # 5 coils in chunks of 2 -> 3 checkpoints
+    assert len(calls) == 3 + SMALL["num_cascades"]  # plus one per cascade, and no whole-sens_net checkpoint
+    calls.clear()
+    with torch.no_grad():
+        model.eval()(kspace, mask)
+    assert calls == []  # inference never checkpoints
+    with pytest.raises(ValueError, match="model.sens_chunk"):
+        VarNetDS(**SMALL, sens_chunk=-1)
+
+
 def test_matches_fastmri_varnet_and_state_dict_compatible():
     torch.manual_seed(1)
     ours = VarNetDS(**SMALL, checkpointing="cascades")

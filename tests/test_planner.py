@@ -44,12 +44,18 @@ PROFILES = [
 ]
 
 
-def test_policies_are_the_six_combinations():
-    assert len(set(POLICIES)) == 6
-    assert {(p.checkpointing, p.precision) for p in POLICIES} == {
+def test_policies_are_the_six_combinations_and_chunked_all():
+    assert len(set(POLICIES)) == 8
+    assert {(p.checkpointing, p.precision) for p in POLICIES if not p.sens_chunk} == {
         (c, p) for c in ("none", "cascades", "all") for p in ("fp32", "bf16")
     }
-    assert Policy("all", "bf16").overrides() == ["model.checkpointing=all", "train.precision=bf16"]
+    assert {(p.checkpointing, p.precision, p.sens_chunk) for p in POLICIES if p.sens_chunk} == {
+        ("all", "fp32", 4), ("all", "bf16", 4)
+    }
+    assert Policy("all", "bf16", 4).overrides() == ["model.checkpointing=all", "train.precision=bf16",
+                                                    "model.sens_chunk=4"]
+    with pytest.raises(ValueError, match="model.sens_chunk = -1"):
+        Policy("all", "bf16", -1)
     with pytest.raises(ValueError, match="model.checkpointing = 'some'"):
         Policy("some", "fp32")
     with pytest.raises(ValueError, match="train.precision = 'fp16'"):

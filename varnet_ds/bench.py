@@ -12,9 +12,11 @@ reference is fastMRI's ``VarNet`` with a plain ``torch.optim.Adam``; ours is :cl
 inside a DeepSpeed engine built from a ds_configs/ JSON.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps (reset after the warm-up), which includes
-the shared batch. On CPU it is "n/a": PyTorch keeps allocator statistics only for CUDA; CPU tensors come from
-malloc, and the process RSS mixes in Python, DeepSpeed's op builds and freed-but-unreturned heap, so it gives no
-per-configuration peak that could be compared with a GPU figure.
+the shared batch. On CPU, where PyTorch keeps no allocator statistics, one more step runs under
+:class:`varnet_ds.memtrack.LiveTensorMemory` and the peak of live tensor bytes is reported as an estimate (``~``):
+the same tensors a GPU would hold, without cuDNN/cuFFT workspaces. Every configuration also gets the FLOPs of one
+step (``torch.utils.flop_counter``: convolutions, with the recompute of checkpointed regions), a device-independent
+measure of what checkpointing costs.
 
 Order must not bias the numbers: after each configuration the engine is destroyed (its ZeRO hooks removed), every
 reference dropped, ``gc.collect()`` and ``torch.cuda.empty_cache()`` run; the row records whether the model was
@@ -34,7 +36,6 @@ import math
 import os
 import statistics
 import sys
-import time
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,17 @@ import torch
 from fastmri.losses import SSIMLoss
 from fastmri.models import VarNet
 
+from varnet_ds.bench_format import (
+    AUG_TARGET,
+    REFERENCE,
+    format_augment,
+    format_plan,
+    format_table,
+    header,
+    header_line,
+    reference_drift,
+)
+from varnet_ds.memtrack import measure_step
 from varnet_ds.model import VarNetDS, count_parameters
 from varnet_ds.planner import GIB, make_batch, release_memory, time_steps, train_step_fn
 
@@ -53,16 +65,16 @@ SHAPES: Dict[str, Tuple[int, int, int]] = {  # coils, H, W
     "brain_big": (20, 768, 396),
 }
 DS_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
-REFERENCE = "reference fp32 (plain PyTorch)"
-AUG_TARGET = 0.05  # issue 4: augmentation adds <= 5 % to a GPU training step
+Config = Tuple[str, str, str, int]  # checkpointing, precision, ds_configs stem, sens_chunk
 
-__all__ = ["BenchResult", "AugmentResult", "SHAPES", "make_batch", "parse_shape", "run", "bench_augment_rows",
+__all__ = ["BenchResult", "AugmentResult", "SHAPES", "AUG_TARGET", "REFERENCE", "make_batch", "parse_shape", "run",
+           "bench_augment_rows", "format_table", "format_augment", "header", "header_line", "reference_drift",
            "main"]
 
 
 @dataclass
 class BenchResult:
-    """One training configuration: peak GiB (None on CPU), median step seconds, last loss, hygiene checks."""
+    """One training configuration: peak GiB, median step seconds, last loss, FLOPs per step, hygiene checks."""
 
     name: str
     peak_gib: Optional[float]
@@ -70,6 +82,9 @@ class BenchResult:
     loss: float
     start_gib: Optional[float] = None  # CUDA memory allocated when the configuration started
     freed: bool = True  # the model was garbage-collected after the configuration
+    peak_estimated: bool = False  # CPU: peak_gib is the live-tensor estimate, not an allocator statistic
+    gflop: Optional[float] = None  # FLOPs of one training step / 1e9 (torch.utils.flop_counter)
+    peak_op: str = ""  # CPU estimate: the op at the peak
 
 
 @dataclass
@@ -114,13 +129,16 @@ def _measure(name: str, model: torch.nn.Module, backward, optimizer_step, batch,
         torch.cuda.reset_peak_memory_stats(device)
     times, loss = time_steps(step, device, steps)
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
-    return BenchResult(name, peak, statistics.median(times), loss, start_gib=start)
+    cost = measure_step(step, track_memory=device.type != "cuda")  # one more step: FLOPs (+ CPU memory)
+    if cost.peak_bytes is not None:
+        peak = cost.peak_bytes / GIB
+    return BenchResult(name, peak, statistics.median(times), loss, start_gib=start, peak_estimated=peak is not None
+                       and device.type != "cuda", gflop=cost.flops / 1e9, peak_op=cost.peak_op)
 
 
-def bench_reference(model_kw: dict, batch, device: torch.device, steps: int, name: str = REFERENCE) -> BenchResult:
-    """fastMRI VarNet + torch Adam + SSIMLoss, fp32, no DeepSpeed, no checkpointing."""
-    torch.manual_seed(0)
-    model = VarNet(**model_kw).to(device).train()
+def _bench_plain(model: torch.nn.Module, name: str, batch, device: torch.device, steps: int) -> BenchResult:
+    """Train ``model`` with a plain ``torch.optim.Adam`` (no DeepSpeed); free it afterwards."""
+    model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
     def opt_step() -> None:
@@ -135,21 +153,42 @@ def bench_reference(model_kw: dict, batch, device: torch.device, steps: int, nam
     return res
 
 
+def bench_reference(model_kw: dict, batch, device: torch.device, steps: int, name: str = REFERENCE) -> BenchResult:
+    """fastMRI VarNet + torch Adam + SSIMLoss, fp32, no DeepSpeed, no checkpointing."""
+    torch.manual_seed(0)
+    return _bench_plain(VarNet(**model_kw), name, batch, device, steps)
+
+
+def _our_model(model_kw: dict, checkpointing: str, precision: str, sens_chunk: int) -> VarNetDS:
+    torch.manual_seed(0)
+    weights = VarNet(**model_kw).state_dict()  # the reference's initial weights (same seed)
+    model = VarNetDS(**model_kw, checkpointing=checkpointing, precision=precision, sens_chunk=sens_chunk)
+    model.load_state_dict(weights)
+    return model
+
+
+def _policy_name(prefix: str, checkpointing: str, precision: str, sens_chunk: int) -> str:
+    return f"{prefix} ckpt={checkpointing} {precision}" + (f" chunk={sens_chunk}" if sens_chunk else "")
+
+
+def bench_plain(model_kw: dict, batch, device: torch.device, steps: int, checkpointing: str, precision: str,
+                sens_chunk: int = 0) -> BenchResult:
+    """Our VarNetDS policy with plain torch Adam, no DeepSpeed (``--ds none``): the policy's own cost."""
+    name = _policy_name("plain", checkpointing, precision, sens_chunk)
+    return _bench_plain(_our_model(model_kw, checkpointing, precision, sens_chunk), name, batch, device, steps)
+
+
 def bench_engine(model_kw: dict, batch, device: torch.device, steps: int, checkpointing: str, precision: str,
-                 ds_json: Path) -> BenchResult:
+                 ds_json: Path, sens_chunk: int = 0) -> BenchResult:
     """Our VarNetDS (the reference's initial weights) under a DeepSpeed engine from ``ds_json``, freed afterwards."""
     import deepspeed
 
     from varnet_ds.distributed import load_ds_config
 
-    torch.manual_seed(0)
-    weights = VarNet(**model_kw).state_dict()  # the reference's initial weights (same seed)
-    model = VarNetDS(**model_kw, checkpointing=checkpointing, precision=precision)
-    model.load_state_dict(weights)
-    del weights
+    model = _our_model(model_kw, checkpointing, precision, sens_chunk)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     engine, ds_opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=load_ds_config(ds_json, 1, 1))
-    name = f"ours {ds_json.stem} ckpt={checkpointing} {precision}"
+    name = _policy_name(f"ours {ds_json.stem}", checkpointing, precision, sens_chunk)
     res = _measure(name, engine, engine.backward, engine.step, batch, device, steps)
     alive = weakref.ref(model)
     engine.destroy()
@@ -159,21 +198,24 @@ def bench_engine(model_kw: dict, batch, device: torch.device, steps: int, checkp
     return res
 
 
-def run(shape: Tuple[int, int, int], steps: int, model_kw: dict, configs: List[Tuple[str, str, str]],
+def run(shape: Tuple[int, int, int], steps: int, model_kw: dict, configs: List[Config],
         reference: bool = True, repeat_reference: bool = False) -> List[BenchResult]:
-    """Benchmark the reference and each (checkpointing, precision, ds_config stem) in this process."""
+    """Benchmark the reference and each (checkpointing, precision, ds_config stem, sens_chunk) in this process."""
     from varnet_ds.distributed import init_distributed
 
-    for _, _, ds in configs:
-        if not (DS_DIR / f"{ds}.json").is_file():
+    for _, _, ds, _ in configs:
+        if ds != "none" and not (DS_DIR / f"{ds}.json").is_file():
             raise FileNotFoundError(f"--ds {ds}: {DS_DIR / (ds + '.json')} not found")
     dist = init_distributed()
     batch = make_batch(*shape, device=dist.device)
     results = []
     if reference:
         results.append(bench_reference(model_kw, batch, dist.device, steps))
-    for ck, prec, ds in configs:
-        results.append(bench_engine(model_kw, batch, dist.device, steps, ck, prec, DS_DIR / f"{ds}.json"))
+    for ck, prec, ds, chunk in configs:
+        if ds == "none":
+            results.append(bench_plain(model_kw, batch, dist.device, steps, ck, prec, chunk))
+        else:
+            results.append(bench_engine(model_kw, batch, dist.device, steps, ck, prec, DS_DIR / f"{ds}.json", chunk))
     if repeat_reference:
         results.append(bench_reference(model_kw, batch, dist.device, steps, name=f"{REFERENCE} repeat"))
     base = results[0].start_gib if results else None
@@ -215,62 +257,6 @@ def bench_augment_rows(shape: Tuple[int, int, int], device: torch.device, repeat
     return rows
 
 
-def header() -> Dict[str, str]:
-    """Device, library versions and date of this run."""
-    import deepspeed
-
-    return dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
-                torch=torch.__version__, deepspeed=deepspeed.__version__, date=time.strftime("%Y-%m-%d"))
-
-
-def header_line(h: Dict[str, str]) -> str:
-    return f"device: {h['device']} | torch {h['torch']} | deepspeed {h['deepspeed']} | date {h['date']}"
-
-
-def reference_drift(results: List[BenchResult]) -> Optional[Dict[str, Optional[float]]]:
-    """Relative step-time change and peak change (GiB) of the repeated reference vs the first one."""
-    refs = [r for r in results if r.name.startswith(REFERENCE)]
-    if len(refs) < 2:
-        return None
-    first, last = refs[0], refs[-1]
-    peak = last.peak_gib - first.peak_gib if first.peak_gib is not None and last.peak_gib is not None else None
-    return dict(step_rel=last.step_s / first.step_s - 1.0, peak_gib=peak)
-
-
-def format_table(results: List[BenchResult], shape: Tuple[int, int, int]) -> str:
-    ref = results[0] if results and results[0].name.startswith(REFERENCE) else None
-    lines = [f"shape: {shape[0]} coils x {shape[1]}x{shape[2]}, batch 1",
-             f"{'configuration':<44} {'peak GiB':>9} {'step s':>8} {'vs ref time':>11} {'loss':>9}"]
-    for r in results:
-        peak = f"{r.peak_gib:.2f}" if r.peak_gib is not None else "n/a"
-        rel = f"{r.step_s / ref.step_s:.2f}x" if ref else "-"
-        lines.append(f"{r.name:<44} {peak:>9} {r.step_s:>8.3f} {rel:>11} {r.loss:>9.5f}"
-                     + ("" if r.freed else "  (NOT freed)"))
-    drift = reference_drift(results)
-    if drift:
-        peak = f", peak {drift['peak_gib']:+.3f} GiB" if drift["peak_gib"] is not None else ""
-        lines.append(f"reference drift (repeat vs first): step {100 * drift['step_rel']:+.1f} %{peak}")
-    return "\n".join(lines)
-
-
-def format_augment(rows: List[AugmentResult], shape: Tuple[int, int, int]) -> str:
-    lines = [f"MRAugment p=1 (all transforms), {shape[0]} coils x {shape[1]}x{shape[2]}, per slice:"]
-    for r in rows:
-        if r.error:
-            lines.append(f"{r.name:<44} failed: {r.error}")
-            continue
-        text = f"{r.name:<44} {r.ms_per_slice:>8.1f} ms (min {r.ms_min:.1f}, max {r.ms_max:.1f})"
-        if r.frac_of_ref_step is not None:
-            verdict = "ok" if r.frac_of_ref_step <= AUG_TARGET else "over"
-            text += f" = {100 * r.frac_of_ref_step:.1f} % of the reference step (target <= 5 %: {verdict})"
-        if r.frac_of_fastest_step is not None:
-            text += f", {100 * r.frac_of_fastest_step:.1f} % of our fastest step"
-        if r.workers_to_keep_up is not None:
-            text += f"; {r.workers_to_keep_up} worker(s) keep up with our fastest step"
-        lines.append(text)
-    return "\n".join(lines)
-
-
 @contextlib.contextmanager
 def _stdout_to_stderr(active: bool) -> Iterator[None]:
     """Send everything written to fd 1 (DeepSpeed's op-build and log prints) to stderr, so --json stays parseable."""
@@ -300,7 +286,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpointing", nargs="+", default=["none", "cascades", "all"], choices=["none", "cascades",
                                                                                                 "all"])
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    p.add_argument("--ds", nargs="+", default=["zero0", "zero2"], help="ds_configs/*.json stems")
+    p.add_argument("--sens-chunk", nargs="+", type=int, default=[0, 4],
+                   help="with ckpt=all: coils per sensitivity U-Net call (0 = all at once)")
+    p.add_argument("--ds", nargs="+", default=["zero0", "zero2"],
+                   help="ds_configs/*.json stems; none = plain torch Adam")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--repeat-reference", action="store_true", help="measure the reference again at the end (drift)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="MRAugment rows")
@@ -319,7 +308,8 @@ def _plan(args, model_kw: dict) -> Tuple[dict, int]:
     from varnet_ds.planner import BudgetError, PlannerError, Policy, choose_policy, largest_shape, profile_policies
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    policies = [Policy(c, pr) for c in args.checkpointing for pr in args.precision]
+    policies = [Policy(c, pr, k) for c in args.checkpointing for pr in args.precision
+                for k in (args.sens_chunk if c == "all" else [0])]
     ds_json = DS_DIR / f"{args.ds[-1]}.json"
     out: dict = dict(budget_gib=args.plan, margin=args.margin, ds_config=str(ds_json))
     try:
@@ -336,24 +326,13 @@ def _plan(args, model_kw: dict) -> Tuple[dict, int]:
     return out, 0
 
 
-def _format_plan(out: dict) -> str:
-    lines = [f"memory planner: budget {out['budget_gib']:g} GiB, margin {out['margin']:.0%}, "
-             f"DeepSpeed margin from {Path(out['ds_config']).name}"]
-    if "shape" in out:
-        lines.append(f"shape: {out['shape'][0]} coils x {out['shape'][1]}x{out['shape'][2]}, batch 1")
-    for p in out.get("profiles", []):
-        lines.append(f"  {p['policy']:<52} peak {p['peak_gib']:6.2f} GiB (incl. {p['ds_extra_gib']:.2f} DS) "
-                     f"{p['step_s']:7.3f} s/step")
-    if "choice" in out:
-        lines.append(f"chose {out['choice']['reason']}")
-    return "\n".join(lines)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     for name in ("steps", "augment_repeats", "world_size"):
         if getattr(args, name) < 1:
             _parser().error(f"--{name.replace('_', '-')} = {getattr(args, name)}: must be >= 1")
+    if min(args.sens_chunk) < 0:
+        _parser().error(f"--sens-chunk {args.sens_chunk}: must be >= 0")
     model_kw = dict(num_cascades=args.cascades, chans=args.chans, pools=args.pools,
                     sens_chans=args.sens_chans, sens_pools=args.sens_pools)
     rc = 0
@@ -363,9 +342,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         text: List[str] = [header_line(doc)]
         if args.plan is not None:
             doc["plan"], rc = _plan(args, model_kw)
-            text.append(_format_plan(doc["plan"]))
+            text.append(format_plan(doc["plan"]))
         elif not (args.comms and args.step_time):
-            configs = [(c, pr, d) for d in args.ds for pr in args.precision for c in args.checkpointing]
+            configs = [(c, pr, d, k) for d in args.ds for pr in args.precision for c in args.checkpointing
+                       for k in (args.sens_chunk if c == "all" else [0])]
             results = run(args.shape, args.steps, model_kw, configs, reference=not args.no_reference,
                           repeat_reference=args.repeat_reference)
             doc["results"] = [asdict(r) for r in results]

@@ -57,6 +57,7 @@ class ModelConfig:
     sens_chans: int = 8
     sens_pools: int = 4
     checkpointing: str = "cascades"  # none | cascades | all
+    sens_chunk: int = 0  # coils per sensitivity U-Net call (0 = all); with checkpointing=all, one checkpoint each
 
 
 @dataclass
@@ -182,6 +183,8 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"config key 'train.max_steps' = {cfg.train.max_steps}: must be > 0 or null")
     if not 0.0 <= cfg.aug.p_max <= 1.0:
         raise ConfigError(f"config key 'aug.p_max' = {cfg.aug.p_max}: must be in [0, 1]")
+    if cfg.model.sens_chunk < 0:
+        raise ConfigError(f"config key 'model.sens_chunk' = {cfg.model.sens_chunk}: must be >= 0 (0 = all coils)")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers' = {cfg.data.num_workers}: must be >= 0")
 

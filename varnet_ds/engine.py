@@ -121,10 +121,12 @@ class Trainer:
             raise choice
         cfg.model.checkpointing = choice.policy.checkpointing
         cfg.train.precision = choice.policy.precision
+        cfg.model.sens_chunk = choice.policy.sens_chunk
         if dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
         return {"event": "memory_plan", "budget_gib": cfg.train.memory_budget_gib,
                 "checkpointing": choice.policy.checkpointing, "precision": choice.policy.precision,
+                "sens_chunk": choice.policy.sens_chunk,
                 "measured_peak_gib": choice.profile.peak_gib, "step_s": choice.profile.step_s}
 
     # ------------------------------------------------------------------ resume

@@ -12,6 +12,12 @@ Checkpointing (training only, non-reentrant ``torch.utils.checkpoint``):
     ``none``      store every activation;
     ``cascades``  store only each cascade's input k-space, recompute the cascade in backward;
     ``all``       ``cascades`` plus the sensitivity network.
+
+Coil chunking (``sens_chunk = k > 0``): the sensitivity U-Net runs each coil as a batch element, so at 15-20
+coils its activations are the largest single block of memory. With ``k`` it runs ``k`` coils at a time; under
+``checkpointing="all"`` each chunk is its own checkpoint, so the recompute in backward holds one chunk's
+activations instead of every coil's. The U-Net normalises each batch element on its own, so chunking changes no
+result (same maps, same gradients; tested).
 """
 
 from __future__ import annotations
@@ -34,16 +40,27 @@ class PrecisionNormUnet(NormUnet):
     Input/output: complex images ``[B, C, H, W, 2]``.
     """
 
-    def __init__(self, chans: int, num_pools: int, bf16: bool = False) -> None:
+    def __init__(self, chans: int, num_pools: int, bf16: bool = False, chunk: int = 0,
+                 checkpoint_chunks: bool = False) -> None:
         super().__init__(chans, num_pools)
         self.bf16 = bf16
+        self.chunk = chunk  # batch elements per U-Net call (0: all at once)
+        self.checkpoint_chunks = checkpoint_chunks  # each chunk its own checkpoint (training only)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         if not self.bf16:
             return super().forward(x)
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
             out = super().forward(x.float())
         return out.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ckpt = self.checkpoint_chunks and self.training and torch.is_grad_enabled()
+        if self.chunk <= 0 or (x.shape[0] <= self.chunk and not ckpt):
+            return checkpoint(self._run, x, use_reentrant=False) if ckpt else self._run(x)
+        parts = [checkpoint(self._run, part, use_reentrant=False) if ckpt else self._run(part)
+                 for part in torch.split(x, self.chunk, dim=0)]
+        return torch.cat(parts, dim=0)
 
 
 class VarNetDS(VarNet):
@@ -57,6 +74,7 @@ class VarNetDS(VarNet):
         pools: pooling layers of each cascade U-Net (4).
         checkpointing: ``none`` | ``cascades`` | ``all``.
         precision: ``fp32`` | ``bf16`` (autocast U-Nets, fp32 FFT islands).
+        sens_chunk: coils per sensitivity U-Net call (0: all at once); see the module docstring.
     """
 
     def __init__(
@@ -68,19 +86,25 @@ class VarNetDS(VarNet):
         pools: int = 4,
         checkpointing: str = "cascades",
         precision: str = "fp32",
+        sens_chunk: int = 0,
     ) -> None:
         if checkpointing not in CHECKPOINTING:
             raise ValueError(f"model.checkpointing = {checkpointing!r}: must be one of {list(CHECKPOINTING)}")
         if precision not in PRECISIONS:
             raise ValueError(f"train.precision = {precision!r}: must be one of {list(PRECISIONS)}")
+        if sens_chunk < 0:
+            raise ValueError(f"model.sens_chunk = {sens_chunk}: must be >= 0 (0 = all coils at once)")
         super().__init__(num_cascades, sens_chans, sens_pools, chans, pools)
         bf16 = precision == "bf16"
         # Same attribute names as fastMRI -> identical state_dict keys.
-        self.sens_net.norm_unet = PrecisionNormUnet(sens_chans, sens_pools, bf16)
+        # With chunks under "all", each chunk is checkpointed inside the U-Net instead of the whole sens_net.
+        self.sens_net.norm_unet = PrecisionNormUnet(sens_chans, sens_pools, bf16, chunk=sens_chunk,
+                                                    checkpoint_chunks=checkpointing == "all" and sens_chunk > 0)
         for cascade in self.cascades:
             cascade.model = PrecisionNormUnet(chans, pools, bf16)
         self.checkpointing = checkpointing
         self.precision = precision
+        self.sens_chunk = sens_chunk
 
     def _ckpt_active(self) -> bool:
         return self.training and torch.is_grad_enabled() and self.checkpointing != "none"
@@ -102,7 +126,7 @@ class VarNetDS(VarNet):
             RSS magnitude image ``[B, H, W]`` at the full k-space size (crop to the target afterwards).
         """
         ckpt = self._ckpt_active()
-        if ckpt and self.checkpointing == "all":
+        if ckpt and self.checkpointing == "all" and not self.sens_chunk:
             sens_maps = checkpoint(
                 self.sens_net, masked_kspace, mask, num_low_frequencies, use_reentrant=False
             )
@@ -136,6 +160,7 @@ def build_model(model_cfg, precision: str = "fp32") -> VarNetDS:
         pools=model_cfg.pools,
         checkpointing=model_cfg.checkpointing,
         precision=precision,
+        sens_chunk=getattr(model_cfg, "sens_chunk", 0),
     )
 
 

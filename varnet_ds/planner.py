@@ -18,8 +18,10 @@ ZeRO stage >= 1, the fp32 master copy of this rank's parameter partition (``num_
 clones it even in fp32 training). For ds_configs/zero2.json (2e7-element buckets) and the default VarNet on one
 GPU that is 0.149 + 0.112 = 0.261 GiB.
 
-CPU: PyTorch has no peak-memory counter for CPU tensors, so the planner only works on CUDA; on CPU set
-``model.checkpointing`` / ``train.precision`` by hand.
+CPU: PyTorch has no peak-memory counter for CPU tensors and CPU step times say nothing about GPU ones, so the
+planner only works on CUDA; on CPU set ``model.checkpointing`` / ``train.precision`` by hand. To see what each
+policy would need on a GPU before you have one, ``python -m varnet_ds.bench --ds none zero2 --shape ...`` prints
+CPU estimates of every policy's peak (:mod:`varnet_ds.memtrack`).
 """
 
 from __future__ import annotations
@@ -60,12 +62,19 @@ class BudgetError(PlannerError):
 
 @dataclass(frozen=True)
 class Policy:
-    """One activation-checkpointing x precision choice (``model.checkpointing`` x ``train.precision``)."""
+    """One activation-checkpointing x precision (x sensitivity-net coil chunk) choice.
+
+    ``model.checkpointing`` x ``train.precision`` x ``model.sens_chunk`` (coils per sensitivity U-Net call;
+    0 = all at once; only changes memory under ``checkpointing="all"``).
+    """
 
     checkpointing: str
     precision: str
+    sens_chunk: int = 0
 
     def __post_init__(self) -> None:
+        if self.sens_chunk < 0:
+            raise ValueError(f"model.sens_chunk = {self.sens_chunk}: must be >= 0")
         if self.checkpointing not in CHECKPOINTING:
             raise ValueError(f"model.checkpointing = {self.checkpointing!r}: must be one of {list(CHECKPOINTING)}")
         if self.precision not in PRECISIONS:
@@ -73,13 +82,16 @@ class Policy:
 
     def overrides(self) -> List[str]:
         """Config dotlist that selects this policy."""
-        return [f"model.checkpointing={self.checkpointing}", f"train.precision={self.precision}"]
+        return [f"model.checkpointing={self.checkpointing}", f"train.precision={self.precision}",
+                f"model.sens_chunk={self.sens_chunk}"]
 
     def __str__(self) -> str:
-        return " ".join(self.overrides())
+        return " ".join(self.overrides()[: 3 if self.sens_chunk else 2])
 
 
-POLICIES: Tuple[Policy, ...] = tuple(Policy(c, p) for c in CHECKPOINTING for p in PRECISIONS)
+SENS_CHUNK = 4  # coils per sensitivity U-Net call in the chunked candidates
+POLICIES: Tuple[Policy, ...] = tuple(Policy(c, p) for c in CHECKPOINTING for p in PRECISIONS) + tuple(
+    Policy("all", p, SENS_CHUNK) for p in PRECISIONS)
 
 
 class PolicyProfile(NamedTuple):
@@ -183,7 +195,8 @@ def run_policy(model_kw: Mapping[str, int], policy: Policy, batch: Batch, device
         ``(median step seconds after warm-up, last loss)``.
     """
     torch.manual_seed(0)
-    model = VarNetDS(**model_kw, checkpointing=policy.checkpointing, precision=policy.precision).to(device).train()
+    model = VarNetDS(**model_kw, checkpointing=policy.checkpointing, precision=policy.precision,
+                     sens_chunk=policy.sens_chunk).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
     def opt_step() -> None:
@@ -247,7 +260,8 @@ def profile_policies(model_cfg: Any, shape: Tuple[int, int, int], device: Union[
         shape: ``(coils, H, W)`` k-space size to profile (see :func:`largest_shape`).
         device: a CUDA device.
         steps: timed steps per policy (>= 1).
-        policies: candidates (default :data:`POLICIES`, all six).
+        policies: candidates (default :data:`POLICIES`: all six checkpointing x precision pairs, and ``all`` with
+            a chunked sensitivity net in both precisions).
         batch_size: slices per step (``data.batch_size``).
         ds_config: DeepSpeed JSON path or dict whose overhead is added to every peak (``None``: no margin).
         world_size: data-parallel ranks (shrinks the ZeRO master-copy share).
