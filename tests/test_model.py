@@ -131,4 +131,7 @@ def test_default_size_and_build_from_config():
     cfg = load_config(None, ["model.num_cascades=2"])
     model = build_model(cfg.model, "fp32")
     assert model.checkpointing == "cascades" and len(model.cascades) == 2
+    assert model.sens_chunk == 0 and not model.sens_net.norm_unet.checkpoint_chunks
+    chunked = build_model(load_config("baseline", ["model.num_cascades=1"]).model, "bf16")
+    assert chunked.checkpointing == "all" and chunked.sens_chunk == 4 and chunked.sens_net.norm_unet.checkpoint_chunks
     assert count_parameters(VarNetDS()) == 29_936_966  # fastMRI default E2E-VarNet
