@@ -132,8 +132,8 @@ def _measure(name: str, model: torch.nn.Module, backward, optimizer_step, batch,
     cost = measure_step(step, track_memory=device.type != "cuda")  # one more step: FLOPs (+ CPU memory)
     if cost.peak_bytes is not None:
         peak = cost.peak_bytes / GIB
-    return BenchResult(name, peak, statistics.median(times), loss, start_gib=start, peak_estimated=peak is not None
-                       and device.type != "cuda", gflop=cost.flops / 1e9, peak_op=cost.peak_op)
+    return BenchResult(name, peak, statistics.median(times), loss, start_gib=start,
+                       peak_estimated=cost.peak_bytes is not None, gflop=cost.flops / 1e9, peak_op=cost.peak_op)
 
 
 def _bench_plain(model: torch.nn.Module, name: str, batch, device: torch.device, steps: int) -> BenchResult:

@@ -22,6 +22,7 @@ no result beyond float summation order (maps and gradients equal to 1e-6; tested
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -55,12 +56,13 @@ class PrecisionNormUnet(NormUnet):
         return out.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        ckpt = self.checkpoint_chunks and self.training and torch.is_grad_enabled()
-        if self.chunk <= 0 or (x.shape[0] <= self.chunk and not ckpt):
-            return checkpoint(self._run, x, use_reentrant=False) if ckpt else self._run(x)
-        parts = [checkpoint(self._run, part, use_reentrant=False) if ckpt else self._run(part)
-                 for part in torch.split(x, self.chunk, dim=0)]
-        return torch.cat(parts, dim=0)
+        if self.checkpoint_chunks and self.training and torch.is_grad_enabled():
+            run = functools.partial(checkpoint, self._run, use_reentrant=False)
+        else:
+            run = self._run
+        if self.chunk <= 0 or x.shape[0] <= self.chunk:
+            return run(x)
+        return torch.cat([run(part) for part in torch.split(x, self.chunk, dim=0)], dim=0)
 
 
 class VarNetDS(VarNet):
