@@ -17,8 +17,8 @@ from varnet_ds.comms import comms_table, zero2_comm_estimate
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--shape", "32x24x2", "--cascades", "1", "--chans", "4", "--pools", "2", "--sens-chans", "2",
         "--sens-pools", "2", "--steps", "1", "--ds", "zero2", "--checkpointing", "none", "cascades",
-        "--precision", "fp32", "--augment-repeats", "1"]
-CONFIGS = ["ours zero2 ckpt=none fp32", "ours zero2 ckpt=cascades fp32"]
+        "selective", "--precision", "fp32", "--augment-repeats", "1"]
+CONFIGS = ["ours zero2 ckpt=none fp32", "ours zero2 ckpt=cascades fp32", "ours zero2 ckpt=selective fp32"]
 
 
 def run_bench(*extra):
@@ -58,6 +58,8 @@ def test_bench_json():
         assert r["loss"] == pytest.approx(rows[0]["loss"], rel=1e-5)
     by = {r["name"]: r for r in rows}  # checkpointing recomputes the cascades: more FLOPs, same as ref without
     assert by[CONFIGS[1]]["gflop"] > by[CONFIGS[0]]["gflop"] == pytest.approx(by[REFERENCE]["gflop"])
+    # selective recomputes only the full-resolution convolutions
+    assert by[REFERENCE]["gflop"] < by[CONFIGS[2]]["gflop"] < by[CONFIGS[1]]["gflop"]
     (aug,) = doc["augment"]
     assert aug["device"] == "cpu" and aug["threads"] == 1 and aug["ms_per_slice"] > 0 and aug["error"] is None
     fastest = min(r["step_s"] for r in rows[1:])

@@ -26,7 +26,7 @@ def _loss_and_grads(model, kspace, mask):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("policy", ["cascades", "all"])
+@pytest.mark.parametrize("policy", ["cascades", "all", "selective", "selective_all"])
 def test_checkpointing_gives_same_loss_and_gradients(policy):
     torch.manual_seed(0)
     plain = VarNetDS(**SMALL, checkpointing="none")
@@ -40,7 +40,8 @@ def test_checkpointing_gives_same_loss_and_gradients(policy):
         assert torch.allclose(g, grads_b[name], atol=1e-5, rtol=1e-5), name
 
 
-@pytest.mark.parametrize("policy,chunk", [("none", 2), ("cascades", 1), ("all", 2), ("all", 5)])
+@pytest.mark.parametrize("policy,chunk", [("none", 2), ("cascades", 1), ("all", 2), ("all", 5),
+                                          ("selective_all", 2)])
 def test_coil_chunked_sensitivity_net_changes_nothing(policy, chunk):
     torch.manual_seed(3)
     plain = VarNetDS(**SMALL, checkpointing="none")
@@ -76,6 +77,7 @@ def test_sens_chunk_checkpoints_each_chunk_under_all(monkeypatch):
     assert calls == []  # inference never checkpoints
     with pytest.raises(ValueError, match="model.sens_chunk"):
         VarNetDS(**SMALL, sens_chunk=-1)
+
 
 
 def test_matches_fastmri_varnet_and_state_dict_compatible():
@@ -135,3 +137,44 @@ def test_default_size_and_build_from_config():
     chunked = build_model(load_config("baseline", ["model.num_cascades=1"]).model, "bf16")
     assert chunked.checkpointing == "all" and chunked.sens_chunk == 4 and chunked.sens_net.norm_unet.checkpoint_chunks
     assert count_parameters(VarNetDS()) == 29_936_966  # fastMRI default E2E-VarNet
+
+
+def _step_cost(policy: str):
+    from varnet_ds.memtrack import measure_step
+
+    torch.manual_seed(5)
+    model = VarNetDS(num_cascades=3, chans=8, pools=2, sens_chans=4, sens_pools=2, checkpointing=policy).train()
+    kspace, mask = _batch(5, coils=4, h=96, w=64)
+    model.requires_grad_(False)  # no gradients to hold: the peak is activations only
+    kspace.requires_grad_(True)
+    return measure_step(lambda: model(kspace, mask).square().mean().backward())
+
+
+def test_selective_recomputes_full_resolution_only():
+    none, cascades, selective = (_step_cost(p) for p in ("none", "cascades", "selective"))
+    # the low-resolution convolutions are not run twice: FLOPs between no checkpointing and full recompute
+    assert none.flops < selective.flops < none.flops + (cascades.flops - none.flops) / 2
+    assert cascades.peak_bytes < selective.peak_bytes < none.peak_bytes
+    sel_all, full_all = _step_cost("selective_all"), _step_cost("all")
+    assert sel_all.flops < full_all.flops and sel_all.peak_bytes < selective.peak_bytes
+
+
+def test_keep_low_res_convolutions_policy():
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    from varnet_ds.model import CONVOLUTION, KeepLowResConvolutions
+
+    save, recompute = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.PREFER_RECOMPUTE
+    policy = KeepLowResConvolutions(max_pixels=32 * 24 // 2)
+
+    def conv(h, w, stride=(1, 1), transposed=False):
+        return policy(None, CONVOLUTION, torch.empty(1, 4, h, w), None, None, list(stride), [0, 0], [1, 1],
+                      transposed, [0, 0], 1)
+
+    assert conv(32, 24) == recompute  # full resolution
+    assert conv(16, 12) == save  # level 1
+    assert conv(16, 12, stride=(2, 2), transposed=True) == recompute  # upsampling back to full resolution
+    assert conv(8, 6, stride=(2, 2), transposed=True) == save  # upsampling to level 1
+    assert conv(32, 24, stride=(2, 2)) == save  # strided: output at level 1
+    assert policy(None, torch.ops.aten.relu.default, torch.empty(1, 4, 2, 2)) == recompute
+    assert KeepLowResConvolutions()(None, CONVOLUTION, torch.empty(1, 4, 32, 24)) == save  # None: every conv

@@ -44,13 +44,13 @@ PROFILES = [
 ]
 
 
-def test_policies_are_the_six_combinations_and_chunked_all():
-    assert len(set(POLICIES)) == 8
+def test_policies_are_every_combination_and_chunked_sensitivity_checkpoints():
+    assert len(set(POLICIES)) == 14
     assert {(p.checkpointing, p.precision) for p in POLICIES if not p.sens_chunk} == {
-        (c, p) for c in ("none", "cascades", "all") for p in ("fp32", "bf16")
+        (c, p) for c in ("none", "cascades", "all", "selective", "selective_all") for p in ("fp32", "bf16")
     }
     assert {(p.checkpointing, p.precision, p.sens_chunk) for p in POLICIES if p.sens_chunk} == {
-        ("all", "fp32", 4), ("all", "bf16", 4)
+        (c, p, 4) for c in ("all", "selective_all") for p in ("fp32", "bf16")
     }
     assert Policy("all", "bf16", 4).overrides() == ["model.checkpointing=all", "train.precision=bf16",
                                                     "model.sens_chunk=4"]

@@ -56,7 +56,7 @@ from varnet_ds.bench_format import (
     reference_drift,
 )
 from varnet_ds.memtrack import measure_step
-from varnet_ds.model import VarNetDS, count_parameters
+from varnet_ds.model import CHECKPOINTING, SENS_CHECKPOINTED, VarNetDS, count_parameters
 from varnet_ds.planner import GIB, make_batch, release_memory, time_steps, train_step_fn
 
 SHAPES: Dict[str, Tuple[int, int, int]] = {  # coils, H, W
@@ -121,7 +121,7 @@ def _allocated_gib(device: torch.device) -> Optional[float]:
 
 
 def _measure(name: str, model: torch.nn.Module, backward, optimizer_step, batch, device: torch.device,
-             steps: int) -> BenchResult:
+             steps: int, count_ops: bool = True) -> BenchResult:
     start = _allocated_gib(device)
     step = train_step_fn(model, backward, optimizer_step, batch, SSIMLoss().to(device))
     time_steps(step, device, 1)  # warm-up (cuDNN, allocator, Adam state)
@@ -129,6 +129,8 @@ def _measure(name: str, model: torch.nn.Module, backward, optimizer_step, batch,
         torch.cuda.reset_peak_memory_stats(device)
     times, loss = time_steps(step, device, steps)
     peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    if not count_ops:  # compiled kernels are invisible to op counting: no FLOPs, no CPU estimate
+        return BenchResult(name, peak, statistics.median(times), loss, start_gib=start)
     cost = measure_step(step, track_memory=device.type != "cuda")  # one more step: FLOPs (+ CPU memory)
     if cost.peak_bytes is not None:
         peak = cost.peak_bytes / GIB
@@ -136,7 +138,16 @@ def _measure(name: str, model: torch.nn.Module, backward, optimizer_step, batch,
                        peak_estimated=cost.peak_bytes is not None, gflop=cost.flops / 1e9, peak_op=cost.peak_op)
 
 
-def _bench_plain(model: torch.nn.Module, name: str, batch, device: torch.device, steps: int) -> BenchResult:
+def _release(alive: weakref.ref, device: torch.device, compiled: bool) -> bool:
+    """Free the device memory of a finished row; True when its model was garbage-collected."""
+    if compiled:
+        torch._dynamo.reset()  # compiled graphs and their guards hold the last model they ran
+    release_memory(device)
+    return alive() is None
+
+
+def _bench_plain(model: torch.nn.Module, name: str, batch, device: torch.device, steps: int,
+                 compiled: bool = False) -> BenchResult:
     """Train ``model`` with a plain ``torch.optim.Adam`` (no DeepSpeed); free it afterwards."""
     model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
@@ -145,11 +156,10 @@ def _bench_plain(model: torch.nn.Module, name: str, batch, device: torch.device,
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    res = _measure(name, model, lambda loss: loss.backward(), opt_step, batch, device, steps)
+    res = _measure(name, model, lambda loss: loss.backward(), opt_step, batch, device, steps, not compiled)
     alive = weakref.ref(model)
     opt_step = opt = model = None  # noqa: F841 (drop the closure's references too)
-    release_memory(device)
-    res.freed = alive() is None
+    res.freed = _release(alive, device, compiled)
     return res
 
 
@@ -159,48 +169,55 @@ def bench_reference(model_kw: dict, batch, device: torch.device, steps: int, nam
     return _bench_plain(VarNet(**model_kw), name, batch, device, steps)
 
 
-def _our_model(model_kw: dict, checkpointing: str, precision: str, sens_chunk: int) -> VarNetDS:
+def _our_model(model_kw: dict, checkpointing: str, precision: str, sens_chunk: int, compiled: bool) -> VarNetDS:
     torch.manual_seed(0)
     weights = VarNet(**model_kw).state_dict()  # the reference's initial weights (same seed)
-    model = VarNetDS(**model_kw, checkpointing=checkpointing, precision=precision, sens_chunk=sens_chunk)
+    model = VarNetDS(**model_kw, checkpointing=checkpointing, precision=precision, sens_chunk=sens_chunk,
+                     compile_unets=compiled)
     model.load_state_dict(weights)
     return model
 
 
-def _policy_name(prefix: str, checkpointing: str, precision: str, sens_chunk: int) -> str:
-    return f"{prefix} ckpt={checkpointing} {precision}" + (f" chunk={sens_chunk}" if sens_chunk else "")
+def _policy_name(prefix: str, checkpointing: str, precision: str, sens_chunk: int, compiled: bool) -> str:
+    return (f"{prefix} ckpt={checkpointing} {precision}" + (f" chunk={sens_chunk}" if sens_chunk else "")
+            + (" compiled" if compiled else ""))
 
 
 def bench_plain(model_kw: dict, batch, device: torch.device, steps: int, checkpointing: str, precision: str,
-                sens_chunk: int = 0) -> BenchResult:
+                sens_chunk: int = 0, compiled: bool = False) -> BenchResult:
     """Our VarNetDS policy with plain torch Adam, no DeepSpeed (``--ds none``): the policy's own cost."""
-    name = _policy_name("plain", checkpointing, precision, sens_chunk)
-    return _bench_plain(_our_model(model_kw, checkpointing, precision, sens_chunk), name, batch, device, steps)
+    name = _policy_name("plain", checkpointing, precision, sens_chunk, compiled)
+    return _bench_plain(_our_model(model_kw, checkpointing, precision, sens_chunk, compiled), name, batch, device,
+                        steps, compiled)  # no local reference: _bench_plain checks that the model is freed
 
 
 def bench_engine(model_kw: dict, batch, device: torch.device, steps: int, checkpointing: str, precision: str,
-                 ds_json: Path, sens_chunk: int = 0) -> BenchResult:
+                 ds_json: Path, sens_chunk: int = 0, compiled: bool = False) -> BenchResult:
     """Our VarNetDS (the reference's initial weights) under a DeepSpeed engine from ``ds_json``, freed afterwards."""
     import deepspeed
 
     from varnet_ds.distributed import load_ds_config
 
-    model = _our_model(model_kw, checkpointing, precision, sens_chunk)
+    model = _our_model(model_kw, checkpointing, precision, sens_chunk, compiled)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     engine, ds_opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=load_ds_config(ds_json, 1, 1))
-    name = _policy_name(f"ours {ds_json.stem}", checkpointing, precision, sens_chunk)
-    res = _measure(name, engine, engine.backward, engine.step, batch, device, steps)
+    name = _policy_name(f"ours {ds_json.stem}", checkpointing, precision, sens_chunk, compiled)
+    res = _measure(name, engine, engine.backward, engine.step, batch, device, steps, count_ops=not compiled)
     alive = weakref.ref(model)
     engine.destroy()
     engine = ds_opt = opt = model = None  # noqa: F841
-    release_memory(device)
-    res.freed = alive() is None
+    res.freed = _release(alive, device, compiled)
     return res
 
 
 def run(shape: Tuple[int, int, int], steps: int, model_kw: dict, configs: List[Config],
-        reference: bool = True, repeat_reference: bool = False) -> List[BenchResult]:
-    """Benchmark the reference and each (checkpointing, precision, ds_config stem, sens_chunk) in this process."""
+        reference: bool = True, repeat_reference: bool = False, compiled: bool = False) -> List[BenchResult]:
+    """Benchmark the reference and each (checkpointing, precision, ds_config stem, sens_chunk) in this process.
+
+    ``compiled``: our models run their U-Nets through ``torch.compile`` (:mod:`varnet_ds.compiled`); compile time
+    falls into the warm-up step, and those rows get no FLOP count or CPU memory estimate (op counting cannot see
+    into compiled kernels).
+    """
     from varnet_ds.distributed import init_distributed
 
     for _, _, ds, _ in configs:
@@ -213,9 +230,10 @@ def run(shape: Tuple[int, int, int], steps: int, model_kw: dict, configs: List[C
         results.append(bench_reference(model_kw, batch, dist.device, steps))
     for ck, prec, ds, chunk in configs:
         if ds == "none":
-            results.append(bench_plain(model_kw, batch, dist.device, steps, ck, prec, chunk))
+            results.append(bench_plain(model_kw, batch, dist.device, steps, ck, prec, chunk, compiled))
         else:
-            results.append(bench_engine(model_kw, batch, dist.device, steps, ck, prec, DS_DIR / f"{ds}.json", chunk))
+            results.append(bench_engine(model_kw, batch, dist.device, steps, ck, prec, DS_DIR / f"{ds}.json", chunk,
+                                        compiled))
     if repeat_reference:
         results.append(bench_reference(model_kw, batch, dist.device, steps, name=f"{REFERENCE} repeat"))
     base = results[0].start_gib if results else None
@@ -283,13 +301,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pools", type=int, default=4)
     p.add_argument("--sens-chans", type=int, default=8)
     p.add_argument("--sens-pools", type=int, default=4)
-    p.add_argument("--checkpointing", nargs="+", default=["none", "cascades", "all"], choices=["none", "cascades",
-                                                                                                "all"])
+    p.add_argument("--checkpointing", nargs="+", default=["none", "cascades", "all"], choices=list(CHECKPOINTING))
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--sens-chunk", nargs="+", type=int, default=[0, 4],
-                   help="with ckpt=all: coils per sensitivity U-Net call (0 = all at once)")
+                   help="with ckpt=all|selective_all: coils per sensitivity U-Net call (0 = all at once)")
     p.add_argument("--ds", nargs="+", default=["zero0", "zero2"],
                    help="ds_configs/*.json stems; none = plain torch Adam")
+    p.add_argument("--compile", action="store_true", help="our models' U-Nets through torch.compile (one graph)")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--repeat-reference", action="store_true", help="measure the reference again at the end (drift)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="MRAugment rows")
@@ -309,13 +327,14 @@ def _plan(args, model_kw: dict) -> Tuple[dict, int]:
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     policies = [Policy(c, pr, k) for c in args.checkpointing for pr in args.precision
-                for k in (args.sens_chunk if c == "all" else [0])]
+                for k in (args.sens_chunk if c in SENS_CHECKPOINTED else [0])]
     ds_json = DS_DIR / f"{args.ds[-1]}.json"
     out: dict = dict(budget_gib=args.plan, margin=args.margin, ds_config=str(ds_json))
     try:
         shape = largest_shape(args.data) if args.data else args.shape
         out["shape"] = list(shape)
-        profiles = profile_policies(model_kw, shape, device, steps=args.steps, policies=policies, ds_config=ds_json)
+        profiles = profile_policies(dict(model_kw, compile=args.compile), shape, device, steps=args.steps,
+                                    policies=policies, ds_config=ds_json)
         out["profiles"] = [dict(policy=str(p.policy), peak_gib=p.peak_gib, step_s=p.step_s,
                                 ds_extra_gib=p.ds_extra_gib) for p in profiles]
         choice = choose_policy(profiles, args.plan, args.margin)
@@ -345,9 +364,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             text.append(format_plan(doc["plan"]))
         elif not (args.comms and args.step_time):
             configs = [(c, pr, d, k) for d in args.ds for pr in args.precision for c in args.checkpointing
-                       for k in (args.sens_chunk if c == "all" else [0])]
+                       for k in (args.sens_chunk if c in SENS_CHECKPOINTED else [0])]
             results = run(args.shape, args.steps, model_kw, configs, reference=not args.no_reference,
-                          repeat_reference=args.repeat_reference)
+                          repeat_reference=args.repeat_reference, compiled=args.compile)
             doc["results"] = [asdict(r) for r in results]
             doc["reference_drift"] = reference_drift(results)
             text.append(format_table(results, args.shape))

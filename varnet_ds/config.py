@@ -56,8 +56,9 @@ class ModelConfig:
     pools: int = 4
     sens_chans: int = 8
     sens_pools: int = 4
-    checkpointing: str = "cascades"  # none | cascades | all
-    sens_chunk: int = 0  # coils per sensitivity U-Net call (0 = all); with checkpointing=all, one checkpoint each
+    checkpointing: str = "cascades"  # none | cascades | all | selective | selective_all (see varnet_ds.model)
+    sens_chunk: int = 0  # coils per sensitivity U-Net call (0 = all); under all/selective_all one checkpoint each
+    compile: bool = False  # torch.compile the U-Nets (one shared graph, varnet_ds.compiled); GPU speed lever
 
 
 @dataclass
@@ -150,7 +151,7 @@ class Config:
 
 
 _CHOICES = {
-    "model.checkpointing": ("none", "cascades", "all"),
+    "model.checkpointing": ("none", "cascades", "all", "selective", "selective_all"),  # = model.CHECKPOINTING
     "train.precision": ("fp32", "bf16"),
     "aug.schedule": ("constant", "ramp", "exp"),
     "aug.device": ("cpu", "cuda"),

@@ -117,7 +117,7 @@ class LiveTensorMemory(TorchDispatchMode):
 def _tensors_of(obj: Any) -> Iterable[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
         yield obj
-        if obj.grad is not None:
+        if obj.is_leaf and obj.grad is not None:  # only leaves carry .grad
             yield obj.grad
     elif isinstance(obj, torch.nn.Module):
         for p in obj.parameters():

@@ -9,30 +9,83 @@ sensitivity maps, so every FFT/IFFT, data-consistency term and coil combination 
 bf16, and fp16 only for power-of-two sizes). The module's parameters always stay fp32.
 
 Checkpointing (training only, non-reentrant ``torch.utils.checkpoint``):
-    ``none``      store every activation;
-    ``cascades``  store only each cascade's input k-space, recompute the cascade in backward;
-    ``all``       ``cascades`` plus the sensitivity network.
+    ``none``           store every activation;
+    ``cascades``       store only each cascade's input k-space, recompute the cascade in backward;
+    ``all``            ``cascades`` plus the sensitivity network;
+    ``selective``      selective activation checkpointing of the cascades: keep the outputs of the U-Net
+                       convolutions below full resolution, recompute everything else (full-resolution
+                       convolutions, norms, activations, casts, FFTs, data consistency); the sensitivity network
+                       stores its activations as under ``cascades``;
+    ``selective_all``  ``selective`` plus the (fully) checkpointed sensitivity network of ``all``.
+
+``selective`` sits between ``none`` and ``cascades``: each U-Net level below full resolution has about the
+FLOPs of the full-resolution level at half its memory or less, so keeping their convolution outputs spares
+~4/5 of the cascades' recompute FLOPs for about half the memory that keeping every convolution output would
+cost; norm and activation outputs (two of every three activation tensors of a conv block) are always
+recomputed (``torch.utils.checkpoint`` with ``create_selective_checkpoint_contexts``,
+:class:`KeepLowResConvolutions`). The policy runs as a Python dispatch mode over every op of a cascade, so
+whether it is faster than ``cascades`` on a given GPU is for ``python -m varnet_ds.bench`` / the planner to
+measure.
 
 Coil chunking (``sens_chunk = k > 0``): the sensitivity U-Net runs each coil as a batch element, so at 15-20
 coils its activations are the largest single block of memory. With ``k`` it runs ``k`` coils at a time; under
-``checkpointing="all"`` each chunk is its own checkpoint, so the recompute in backward holds one chunk's
-activations instead of every coil's. The U-Net normalises each batch element on its own, so chunking changes
-no result beyond float summation order (maps and gradients equal to 1e-6; tested).
+``checkpointing="all"`` (or ``selective_all``) each chunk is its own checkpoint, so the recompute in backward
+holds one chunk's activations instead of every coil's. The U-Net normalises each batch element on its own, so
+chunking changes no result beyond float summation order (maps and gradients equal to 1e-6; tested).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import torch
 from fastmri.models import VarNet
 from fastmri.models.varnet import NormUnet
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-CHECKPOINTING = ("none", "cascades", "all")
+CHECKPOINTING = ("none", "cascades", "all", "selective", "selective_all")
+SENS_CHECKPOINTED = ("all", "selective_all")  # policies that checkpoint the sensitivity network
 PRECISIONS = ("fp32", "bf16")
+CONVOLUTION = torch.ops.aten.convolution.default  # conv2d and conv_transpose2d below autograd
+
+
+class KeepLowResConvolutions:
+    """Selective-checkpointing policy: save the outputs of convolutions below full resolution, recompute the rest.
+
+    A U-Net level's activation memory halves with every pooling (4x fewer pixels, 2x more channels) while its
+    convolution FLOPs stay about the same, so the full-resolution level holds about half of the convolution
+    outputs but only ~1/5 of the FLOPs (default VarNet, 4 pools). Saving every convolution output except those
+    with more than ``max_pixels`` output pixels keeps ~4/5 of the convolution work out of the recompute for about
+    half the memory of saving them all.
+
+    Args:
+        max_pixels: largest output ``H x W`` whose convolution output is saved (``None``: every convolution).
+    """
+
+    def __init__(self, max_pixels: Optional[int] = None) -> None:
+        self.max_pixels = max_pixels
+
+    def __call__(self, ctx, op, *args, **kwargs) -> CheckpointPolicy:
+        if op is not CONVOLUTION:
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        if self.max_pixels is not None:
+            x, stride, transposed = args[0], args[3], args[6]
+            scale = math.prod(stride)
+            pixels = x.shape[-2] * x.shape[-1]
+            pixels = pixels * scale if transposed else pixels // scale
+            if pixels > self.max_pixels:
+                return CheckpointPolicy.PREFER_RECOMPUTE
+        return CheckpointPolicy.MUST_SAVE
+
+
+def selective_checkpoint(fn, *args, max_pixels: Optional[int] = None):
+    """Non-reentrant ``torch.utils.checkpoint`` of ``fn(*args)`` keeping the convolution outputs of at most
+    ``max_pixels`` pixels (see :class:`KeepLowResConvolutions`)."""
+    context_fn = functools.partial(create_selective_checkpoint_contexts, KeepLowResConvolutions(max_pixels))
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=context_fn)
 
 
 class PrecisionNormUnet(NormUnet):
@@ -42,17 +95,25 @@ class PrecisionNormUnet(NormUnet):
     """
 
     def __init__(self, chans: int, num_pools: int, bf16: bool = False, chunk: int = 0,
-                 checkpoint_chunks: bool = False) -> None:
+                 checkpoint_chunks: bool = False, compiled: bool = False) -> None:
         super().__init__(chans, num_pools)
         self.bf16 = bf16
         self.chunk = chunk  # batch elements per U-Net call (0: all at once)
         self.checkpoint_chunks = checkpoint_chunks  # each chunk its own checkpoint (training only)
+        self.compiled = compiled  # run through the shared torch.compile'd forward (varnet_ds.compiled)
+
+    def _norm_unet(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            from varnet_ds.compiled import compiled_norm_unet
+
+            return compiled_norm_unet()(self, x)
+        return super().forward(x)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if not self.bf16:
-            return super().forward(x)
+            return self._norm_unet(x)
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-            out = super().forward(x.float())
+            out = self._norm_unet(x.float())
         return out.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -74,9 +135,10 @@ class VarNetDS(VarNet):
         sens_pools: pooling layers of the sensitivity U-Net (4).
         chans: channels of each cascade U-Net (18).
         pools: pooling layers of each cascade U-Net (4).
-        checkpointing: ``none`` | ``cascades`` | ``all``.
+        checkpointing: ``none`` | ``cascades`` | ``all`` | ``selective`` | ``selective_all``.
         precision: ``fp32`` | ``bf16`` (autocast U-Nets, fp32 FFT islands).
         sens_chunk: coils per sensitivity U-Net call (0: all at once); see the module docstring.
+        compile_unets: run every U-Net through one shared ``torch.compile`` graph (:mod:`varnet_ds.compiled`).
     """
 
     def __init__(
@@ -89,6 +151,7 @@ class VarNetDS(VarNet):
         checkpointing: str = "cascades",
         precision: str = "fp32",
         sens_chunk: int = 0,
+        compile_unets: bool = False,
     ) -> None:
         if checkpointing not in CHECKPOINTING:
             raise ValueError(f"model.checkpointing = {checkpointing!r}: must be one of {list(CHECKPOINTING)}")
@@ -99,14 +162,18 @@ class VarNetDS(VarNet):
         super().__init__(num_cascades, sens_chans, sens_pools, chans, pools)
         bf16 = precision == "bf16"
         # Same attribute names as fastMRI -> identical state_dict keys.
-        # With chunks under "all", each chunk is checkpointed inside the U-Net instead of the whole sens_net.
+        # With chunks under "all"/"selective_all", each chunk is checkpointed inside the U-Net instead of the
+        # whole sens_net.
+        sens_ckpt = checkpointing in SENS_CHECKPOINTED
         self.sens_net.norm_unet = PrecisionNormUnet(sens_chans, sens_pools, bf16, chunk=sens_chunk,
-                                                    checkpoint_chunks=checkpointing == "all" and sens_chunk > 0)
+                                                    checkpoint_chunks=sens_ckpt and sens_chunk > 0,
+                                                    compiled=compile_unets)
         for cascade in self.cascades:
-            cascade.model = PrecisionNormUnet(chans, pools, bf16)
+            cascade.model = PrecisionNormUnet(chans, pools, bf16, compiled=compile_unets)
         self.checkpointing = checkpointing
         self.precision = precision
         self.sens_chunk = sens_chunk
+        self.compile_unets = compile_unets
 
     def _ckpt_active(self) -> bool:
         return self.training and torch.is_grad_enabled() and self.checkpointing != "none"
@@ -128,15 +195,20 @@ class VarNetDS(VarNet):
             RSS magnitude image ``[B, H, W]`` at the full k-space size (crop to the target afterwards).
         """
         ckpt = self._ckpt_active()
-        if ckpt and self.checkpointing == "all" and not self.sens_chunk:
+        if ckpt and self.checkpointing in SENS_CHECKPOINTED and not self.sens_chunk:
             sens_maps = checkpoint(
                 self.sens_net, masked_kspace, mask, num_low_frequencies, use_reentrant=False
             )
         else:
             sens_maps = self.sens_net(masked_kspace, mask, num_low_frequencies)
         kspace_pred = masked_kspace.clone()
+        selective = self.checkpointing.startswith("selective")
+        full_pixels = masked_kspace.shape[-3] * masked_kspace.shape[-2]  # the cascade U-Nets' input size
         for cascade in self.cascades:
-            if ckpt:
+            if ckpt and selective:  # keep the convolution outputs of U-Net levels 1.. (<= 1/4 of the pixels)
+                kspace_pred = selective_checkpoint(cascade, kspace_pred, masked_kspace, mask, sens_maps,
+                                                   max_pixels=full_pixels // 2)
+            elif ckpt:
                 kspace_pred = checkpoint(
                     cascade, kspace_pred, masked_kspace, mask, sens_maps, use_reentrant=False
                 )
@@ -163,9 +235,11 @@ def build_model(model_cfg, precision: str = "fp32") -> VarNetDS:
         checkpointing=model_cfg.checkpointing,
         precision=precision,
         sens_chunk=getattr(model_cfg, "sens_chunk", 0),
+        compile_unets=bool(getattr(model_cfg, "compile", False)),
     )
 
 
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+

@@ -38,7 +38,7 @@ import torch
 from fastmri.data.transforms import center_crop_to_smallest
 from fastmri.losses import SSIMLoss
 
-from varnet_ds.model import CHECKPOINTING, PRECISIONS, VarNetDS, count_parameters
+from varnet_ds.model import CHECKPOINTING, PRECISIONS, SENS_CHECKPOINTED, VarNetDS, count_parameters
 
 GIB = 2**30
 PathLike = Union[str, Path]
@@ -65,7 +65,7 @@ class Policy:
     """One activation-checkpointing x precision (x sensitivity-net coil chunk) choice.
 
     ``model.checkpointing`` x ``train.precision`` x ``model.sens_chunk`` (coils per sensitivity U-Net call;
-    0 = all at once; only changes memory under ``checkpointing="all"``).
+    0 = all at once; only changes memory under ``checkpointing="all"`` or ``"selective_all"``).
     """
 
     checkpointing: str
@@ -91,7 +91,7 @@ class Policy:
 
 SENS_CHUNK = 4  # coils per sensitivity U-Net call in the chunked candidates
 POLICIES: Tuple[Policy, ...] = tuple(Policy(c, p) for c in CHECKPOINTING for p in PRECISIONS) + tuple(
-    Policy("all", p, SENS_CHUNK) for p in PRECISIONS)
+    Policy(c, p, SENS_CHUNK) for c in SENS_CHECKPOINTED for p in PRECISIONS)
 
 
 class PolicyProfile(NamedTuple):
@@ -178,13 +178,19 @@ def release_memory(device: torch.device) -> None:
 
 
 def model_kwargs(model_cfg: Any) -> Dict[str, int]:
-    """VarNet size arguments from a ``model`` config section (dataclass, DictConfig or mapping)."""
+    """VarNetDS size arguments from a ``model`` config section (dataclass, DictConfig or mapping).
+
+    ``model.compile: true`` adds ``compile_unets=True``: the profile then measures the compiled U-Nets.
+    """
     get = model_cfg.get if isinstance(model_cfg, Mapping) else lambda k: getattr(model_cfg, k, None)
     kw = {k: get(k) for k in MODEL_KEYS}
     missing = [k for k, v in kw.items() if v is None]
     if missing:
         raise ValueError(f"model config lacks {['model.' + k for k in missing]}")
-    return {k: int(v) for k, v in kw.items()}
+    kw = {k: int(v) for k, v in kw.items()}
+    if get("compile"):
+        kw["compile_unets"] = True
+    return kw
 
 
 def run_policy(model_kw: Mapping[str, int], policy: Policy, batch: Batch, device: torch.device,
@@ -260,8 +266,8 @@ def profile_policies(model_cfg: Any, shape: Tuple[int, int, int], device: Union[
         shape: ``(coils, H, W)`` k-space size to profile (see :func:`largest_shape`).
         device: a CUDA device.
         steps: timed steps per policy (>= 1).
-        policies: candidates (default :data:`POLICIES`: all six checkpointing x precision pairs, and ``all`` with
-            a chunked sensitivity net in both precisions).
+        policies: candidates (default :data:`POLICIES`: every checkpointing x precision pair, and ``all`` and
+            ``selective_all`` with a chunked sensitivity net in both precisions: 14).
         batch_size: slices per step (``data.batch_size``).
         ds_config: DeepSpeed JSON path or dict whose overhead is added to every peak (``None``: no margin).
         world_size: data-parallel ranks (shrinks the ZeRO master-copy share).
