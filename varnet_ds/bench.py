@@ -138,14 +138,6 @@ def _measure(name: str, model: torch.nn.Module, backward, optimizer_step, batch,
                        peak_estimated=cost.peak_bytes is not None, gflop=cost.flops / 1e9, peak_op=cost.peak_op)
 
 
-def _release(alive: weakref.ref, device: torch.device, compiled: bool) -> bool:
-    """Free the device memory of a finished row; True when its model was garbage-collected."""
-    if compiled:
-        torch._dynamo.reset()  # compiled graphs and their guards hold the last model they ran
-    release_memory(device)
-    return alive() is None
-
-
 def _bench_plain(model: torch.nn.Module, name: str, batch, device: torch.device, steps: int,
                  compiled: bool = False) -> BenchResult:
     """Train ``model`` with a plain ``torch.optim.Adam`` (no DeepSpeed); free it afterwards."""
@@ -159,7 +151,8 @@ def _bench_plain(model: torch.nn.Module, name: str, batch, device: torch.device,
     res = _measure(name, model, lambda loss: loss.backward(), opt_step, batch, device, steps, not compiled)
     alive = weakref.ref(model)
     opt_step = opt = model = None  # noqa: F841 (drop the closure's references too)
-    res.freed = _release(alive, device, compiled)
+    release_memory(device)
+    res.freed = alive() is None
     return res
 
 
@@ -206,7 +199,8 @@ def bench_engine(model_kw: dict, batch, device: torch.device, steps: int, checkp
     alive = weakref.ref(model)
     engine.destroy()
     engine = ds_opt = opt = model = None  # noqa: F841
-    res.freed = _release(alive, device, compiled)
+    release_memory(device)
+    res.freed = alive() is None
     return res
 
 

@@ -46,6 +46,8 @@ from fastmri.models.varnet import NormUnet
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from varnet_ds.compiled import compiled_norm_unet
+
 CHECKPOINTING = ("none", "cascades", "all", "selective", "selective_all")
 SENS_CHECKPOINTED = ("all", "selective_all")  # policies that checkpoint the sensitivity network
 PRECISIONS = ("fp32", "bf16")
@@ -104,8 +106,6 @@ class PrecisionNormUnet(NormUnet):
 
     def _norm_unet(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled:
-            from varnet_ds.compiled import compiled_norm_unet
-
             return compiled_norm_unet()(self, x)
         return super().forward(x)
 
@@ -201,20 +201,21 @@ class VarNetDS(VarNet):
             )
         else:
             sens_maps = self.sens_net(masked_kspace, mask, num_low_frequencies)
+        if not ckpt:
+            run_cascade = _call
+        elif self.checkpointing.startswith("selective"):  # keep conv outputs of U-Net levels 1.. (<= 1/4 pixels)
+            full_pixels = masked_kspace.shape[-3] * masked_kspace.shape[-2]  # the cascade U-Nets' input size
+            run_cascade = functools.partial(selective_checkpoint, max_pixels=full_pixels // 2)
+        else:
+            run_cascade = functools.partial(checkpoint, use_reentrant=False)
         kspace_pred = masked_kspace.clone()
-        selective = self.checkpointing.startswith("selective")
-        full_pixels = masked_kspace.shape[-3] * masked_kspace.shape[-2]  # the cascade U-Nets' input size
         for cascade in self.cascades:
-            if ckpt and selective:  # keep the convolution outputs of U-Net levels 1.. (<= 1/4 of the pixels)
-                kspace_pred = selective_checkpoint(cascade, kspace_pred, masked_kspace, mask, sens_maps,
-                                                   max_pixels=full_pixels // 2)
-            elif ckpt:
-                kspace_pred = checkpoint(
-                    cascade, kspace_pred, masked_kspace, mask, sens_maps, use_reentrant=False
-                )
-            else:
-                kspace_pred = cascade(kspace_pred, masked_kspace, mask, sens_maps)
+            kspace_pred = run_cascade(cascade, kspace_pred, masked_kspace, mask, sens_maps)
         return _rss_image(kspace_pred)
+
+
+def _call(fn, *args):
+    return fn(*args)
 
 
 def _rss_image(kspace: torch.Tensor) -> torch.Tensor:
