@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 FASTMRI_SPEC ?= fastmri==0.3.0
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo results test lint bench clean
 
 install: $(STAMP)
 
@@ -25,9 +25,13 @@ $(STAMP): setup.py requirements.txt requirements-dev.txt
 demo: install
 	$(VPY) -m varnet_ds.demo
 
+# README headline table + figure from the demo study's study.json (after make demo)
+results: install
+	$(VPY) analysis/study.py runs/demo --readme README.md --figure-dir docs
+
 test: install
 	$(VPY) -m ruff check varnet_ds tests analysis
-	OMP_NUM_THREADS=1 $(VPY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -n 2 tests
 
 bench: install
 	$(VPY) -m varnet_ds.bench

@@ -4,11 +4,16 @@ Usage::
 
     python analysis/compare.py RUN_A RUN_B [...] --out DIR [--labels a b] [--smooth 0.9] [--note TEXT]
     python analysis/compare.py --wandb ENTITY/PROJECT --runs ID_A ID_B --out DIR
+    python analysis/compare.py runs/<study> --out DIR    # a study folder (with study.yaml)
 
 writes into DIR: PNG curves (train loss, validation SSIM/PSNR, MRAugment p, knee->brain gap, paired per-volume
 scatter, reconstruction panels), CSV tables (``transfer_table.csv``, ``transfer_diff.csv``,
 ``paired_comparison.csv``, ``paired_volumes.csv``), ``report.md`` and a self-contained ``report.html``.
-The first run is the reference: differences are later run minus first run. Reads files only (numpy,
+The first run is the reference: differences are later run minus first run. A folder with a ``study.yaml`` (a
+multi-seed study, see :mod:`analysis.study`) stands for its run folders (labels ``<arm>-s<seed>``, the reference
+arm's first seed first), and the study outputs (``study.json``, ``per_volume.csv``, ``study_seeds.png``,
+``study.md``) are written into DIR as well (into ``DIR/<study folder name>`` when several studies are given).
+Reads files only (numpy,
 matplotlib, h5py, yaml); never imports the training engine.
 """
 
@@ -33,6 +38,8 @@ from analysis.report_doc import Figure, render_html, render_markdown
 from analysis.runs import VAL_SPLITS, CompareError, Run, assign_labels, load_run
 from analysis.sections import Results, build_document
 from analysis.stats import DiffRow, PairedRow, TransferRow, diff_rows, paired_rows, transfer_rows
+from analysis.study import build_study_report
+from analysis.study_load import is_study, load_study
 
 DEFAULT_NOTE = (
     "What this shows: how VarNets trained on knee data only (the reference run and the other run(s), e.g. without "
@@ -79,7 +86,8 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str, labels: Op
     """Compare run folders and write the report.
 
     Args:
-        run_dirs: run folders; the first is the reference (differences are later minus first).
+        run_dirs: run folders; the first is the reference (differences are later minus first). A study folder
+            (with ``study.yaml``) expands to its runs, and its study report is written into ``out_dir`` too.
         out_dir: output folder (created; this function's own files in it are replaced).
         labels: display names, one per run (default: ``run.name`` of each config, else the folder name).
         note: "what this shows / does not show" text (default: :data:`DEFAULT_NOTE`).
@@ -94,7 +102,18 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str, labels: Op
     """
     if not run_dirs:
         raise CompareError("no run folders given")
-    return build_report_from_runs([load_run(d) for d in run_dirs], out_dir, labels, note, smooth=smooth, seed=seed)
+    runs: List[Run] = []
+    studies: List[Path] = []
+    for d in run_dirs:
+        if is_study(d):
+            studies.append(Path(d))
+            runs += [r.run for r in load_study(d).ordered_runs()]
+        else:
+            runs.append(load_run(d))
+    md = build_report_from_runs(runs, out_dir, labels, note, smooth=smooth, seed=seed)
+    for study_dir in studies:
+        build_study_report(study_dir, Path(out_dir) / study_dir.resolve().name if len(studies) > 1 else out_dir)
+    return md
 
 
 def build_report_from_runs(runs: List[Run], out_dir: Path | str, labels: Optional[Sequence[str]] = None,
@@ -167,7 +186,8 @@ def build_report_from_runs(runs: List[Run], out_dir: Path | str, labels: Optiona
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="compare.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dirs", nargs="*", type=Path, help="run folders; the first is the reference")
+    parser.add_argument("run_dirs", nargs="*", type=Path,
+                        help="run folders or study folders (with study.yaml); the first run is the reference")
     parser.add_argument("--out", type=Path, required=True, help="output folder of the report")
     parser.add_argument("--labels", nargs="+", help="display names, one per run (default: run.name)")
     parser.add_argument("--smooth", type=float, default=0.9, help="EMA weight of the train-loss curve [0, 1)")

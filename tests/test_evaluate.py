@@ -219,7 +219,7 @@ def test_cli_main(synth_dirs, run_dir, tmp_path, capsys):
     assert metrics["per_volume"][0]["acceleration"] == 8 and metrics["settings"]["center_fraction"] == 0.04
     assert sorted(p.name for p in out.iterdir()) == sorted([first, "metrics.json"])
 
-    assert main(["--run", str(tmp_path / "missing"), "--data", str(synth_dirs["brain"]), "--out", str(out)]) == 1
+    assert main(["--run", str(tmp_path / "missing"), "--data", str(synth_dirs["brain"]), "--out", str(out)]) == 2
     assert str(tmp_path / "missing") in capsys.readouterr().err
 
 

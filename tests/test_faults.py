@@ -19,6 +19,7 @@ from trainrun import ROOT, common, env, free_port, ok, run_single, train_rows
 
 from varnet_ds import checkpoint as ckpt
 from varnet_ds.distributed import DistInfo
+from varnet_ds.exits import EXIT_BAD_DATA, EXIT_REQUEUE
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +83,7 @@ def test_sigterm_checkpoints_and_requeues(reference, synth_dirs, tmp_path):
     assert reached, proc.communicate()[1][-3000:]
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 124, err[-3000:]  # "requeue me"
+    assert proc.returncode == EXIT_REQUEUE == 75, err[-3000:]  # "requeue me" (not timeout's 124)
     tag = (tmp_path / "checkpoints" / "latest").read_text().strip()
     stopped_at = json.loads((tmp_path / "checkpoints" / tag / ckpt.COMPLETE).read_text())["step"]
     assert 1 <= stopped_at < 6
@@ -107,7 +108,7 @@ def test_bad_file_fails_fast_or_is_skipped(synth_dirs, tmp_path):
     bad = dirs["train"] / "file_broken.h5"
     bad.write_bytes(b"this is not an HDF5 file")
     proc = run_single(common(dirs, tmp_path / "run_a", "train.max_steps=1"))
-    assert proc.returncode == 2
+    assert proc.returncode == EXIT_BAD_DATA == 1
     assert "file_broken.h5" in proc.stderr
     assert not (tmp_path / "run_a" / "checkpoints").exists()  # failed before training
     proc = run_single(common(dirs, tmp_path / "run_b", "train.max_steps=1", "data.skip_bad_files=true"))
@@ -127,7 +128,7 @@ def test_nonfinite_loss_skipped_then_stop_with_checkpoint(synth_dirs, tmp_path):
             hf["kspace"][...] = k
     proc = run_single(common(dirs, tmp_path / "run", "train.max_steps=4", "data.check_on_start=false",
                              "train.max_bad_steps=2"))
-    assert proc.returncode == 2
+    assert proc.returncode == EXIT_BAD_DATA
     assert "non-finite losses/gradients in a row" in proc.stderr
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(r.get("event") == "nonfinite_loss_skipped" for r in rows) == 2

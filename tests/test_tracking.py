@@ -8,6 +8,7 @@ import math
 import struct
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 
 from varnet_ds.config import load_config
 from varnet_ds.tracking import Tracker, has_wandb_credentials, read_metrics, resolve_wandb_mode
+from varnet_ds.wandb_run import wandb_base_url, wandb_credentials
 
 
 @pytest.fixture
@@ -37,15 +39,16 @@ def _cfg(mode=None, name="unit"):
     return load_config(None, overrides)
 
 
+def _netrc(path: Path, host: str) -> None:
+    path.write_text(f"machine {host}\n  login user\n  password {'k' * 40}\n")
+
+
 def test_resolve_wandb_mode(wandb_env, monkeypatch):
     assert resolve_wandb_mode("disabled") == "disabled"
     with pytest.raises(ValueError, match="log.wandb.mode"):
         resolve_wandb_mode("sometimes")
     assert not has_wandb_credentials()
     assert resolve_wandb_mode(None) == "offline"
-    (wandb_env / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
-    assert has_wandb_credentials() and resolve_wandb_mode(None) == "online"
-    (wandb_env / "netrc").unlink()
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     assert resolve_wandb_mode(None) == "online"
     monkeypatch.setenv("WANDB_MODE", "dryrun")
@@ -57,6 +60,44 @@ def test_resolve_wandb_mode(wandb_env, monkeypatch):
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_DISABLED", "true")
     assert resolve_wandb_mode(None) == "disabled"
+
+
+def test_login_is_decided_by_wandb(wandb_env, monkeypatch):
+    """`wandb login` writes its netrc entry for wandb's default server (not api.wandb.ai in wandb >= 0.31)."""
+    from wandb.sdk.lib import urls
+
+    default_host = urlsplit(urls.DEFAULT_BASE_URL).netloc
+    assert wandb_base_url() == urls.DEFAULT_BASE_URL
+    assert wandb_credentials() == (False, urls.DEFAULT_BASE_URL)
+    _netrc(wandb_env / "netrc", default_host)
+    assert has_wandb_credentials() and resolve_wandb_mode(None) == "online"
+    _netrc(wandb_env / "netrc", "wandb.example.org")  # a key for another server only
+    assert not has_wandb_credentials()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # self-hosted server
+    assert wandb_credentials() == (True, "https://wandb.example.org") and resolve_wandb_mode(None) == "online"
+    (wandb_env / "netrc").unlink()
+    monkeypatch.setenv("HOME", str(wandb_env / "home"))  # ~/.netrc is the file when NETRC is unset
+    monkeypatch.delenv("NETRC")
+    (wandb_env / "home").mkdir()
+    assert resolve_wandb_mode(None) == "offline"
+    _netrc(wandb_env / "home" / ".netrc", "wandb.example.org")
+    assert resolve_wandb_mode(None) == "online"
+    monkeypatch.setenv("WANDB_API_KEY", "short")  # malformed: wandb refuses it, so do we (with the reason)
+    found, detail = wandb_credentials()
+    assert not found and "API key" in detail
+
+
+def test_offline_fallback_prints_one_line(wandb_env, capsys):
+    tracker = Tracker(_cfg(None), wandb_env / "run", rank=0)  # no key anywhere: online falls back to offline
+    lines = capsys.readouterr().out.splitlines()
+    assert tracker.mode == "offline" and len(lines) == 1, lines
+    assert "offline" in lines[0] and "no API key" in lines[0]
+    assert lines[0].endswith(f"wandb sync {tracker.wandb_dir}") and tracker.wandb_dir.is_dir()
+    tracker.finish()
+    capsys.readouterr()
+    explicit = Tracker(_cfg("offline"), wandb_env / "run2", rank=0)  # asked for offline: nothing to say
+    assert explicit.mode == "offline" and capsys.readouterr().out == ""
+    explicit.finish()
 
 
 def test_disabled_tracker_files(wandb_env):
@@ -170,7 +211,7 @@ def _history(records):
     return rows
 
 
-def test_offline_wandb_run_and_resume(wandb_env, monkeypatch):
+def test_offline_wandb_run_and_resume(wandb_env, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = wandb_env / "run"
     tracker = Tracker(_cfg(None, name="offline_unit"), run_dir, rank=0)
@@ -184,14 +225,14 @@ def test_offline_wandb_run_and_resume(wandb_env, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated W&B failure")
 
-    real_log = tracker._run.log
-    tracker._run.log = broken
+    real_log = tracker._wb.run.log
+    tracker._wb.run.log = broken
     with pytest.warns(RuntimeWarning, match="simulated W&B failure"):
         tracker.log({"step": 11, "epoch": 0, "split": "train", "loss": 0.5})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once only
         tracker.log({"step": 12, "epoch": 0, "split": "train", "loss": 0.5})
-    tracker._run.log = real_log
+    tracker._wb.run.log = real_log
     tracker.log({"step": 13, "epoch": 0, "split": "train", "loss": 0.75})
     with pytest.warns(RuntimeWarning, match="2 W&B calls failed"):
         command = tracker.finish()
@@ -202,7 +243,7 @@ def test_offline_wandb_run_and_resume(wandb_env, monkeypatch):
     records = _wandb_records(sync_dirs[0] / f"run-{run_id}.wandb")
     run_record = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run_record.run_id == run_id and run_record.display_name == "offline_unit"
-    assert run_record.run_group == "knee2brain" and list(run_record.tags) == ["unit", "test"]
+    assert run_record.run_group == "knee2brain" and list(run_record.tags) == ["unit", "test", "seed-42"]
     config = {u.key: json.loads(u.value_json) for u in run_record.config.update}
     assert config["run"]["name"] == "offline_unit" and config["log"]["wandb"]["project"] == "varnet_ds"
     history = _history(records)
@@ -218,9 +259,10 @@ def test_offline_wandb_run_and_resume(wandb_env, monkeypatch):
     assert metrics["train/*"] == "trainer/step" and metrics["val_brain/*"] == "trainer/epoch"
 
     # resume: explicit online mode without credentials falls back to offline and continues the same run id
-    with pytest.warns(UserWarning, match="no API key"):
-        resumed = Tracker(_cfg("online", name="offline_unit"), run_dir, rank=0, resume_id=run_id)
+    capsys.readouterr()
+    resumed = Tracker(_cfg("online", name="offline_unit"), run_dir, rank=0, resume_id=run_id)
     assert resumed.mode == "offline" and resumed.wandb_id == run_id
+    assert "no API key" in capsys.readouterr().out
     assert resumed.truncate_after(10) == 3
     resumed.log({"step": 11, "epoch": 0, "split": "train", "loss": 0.125})
     resumed.finish()
@@ -238,6 +280,7 @@ def test_wandb_init_failures_fall_back(wandb_env, monkeypatch):
 
     class FakeRun:
         id, dir = "fake01", str(wandb_env / "fake" / "files")
+        summary: dict = {}
 
         def define_metric(self, *args, **kwargs):
             pass
@@ -274,3 +317,61 @@ def test_wandb_init_failures_fall_back(wandb_env, monkeypatch):
     tracker.log({"step": 1, "epoch": 0, "split": "train", "loss": math.pi})
     tracker.finish()
     assert read_metrics(wandb_env / "run2" / "metrics.jsonl")[0]["loss"] == math.pi
+
+
+def _summary(records):
+    out = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            out.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
+    return out
+
+
+def test_study_run_identity_summaries_and_model_artifacts(wandb_env, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = load_config(None, ["run.name=mraugment-s3", "run.seed=3", "run.arm=mraugment", "log.wandb.group=study-1",
+                             "log.wandb.job_type=null", "log.wandb.tags=[knee2brain]"])
+    run_dir = wandb_env / "run"
+    tracker = Tracker(cfg, run_dir, rank=0)
+    for step, epoch, loss, ssim, nmse in ((10, 0, 0.5, 0.70, 0.05), (20, 1, 0.3, 0.80, 0.03), (30, 2, 0.4, 0.75, 0.04)):
+        tracker.log({"step": step, "epoch": epoch, "split": "train", "loss": loss, "lr": 1e-3})
+        tracker.log({"step": step, "epoch": epoch, "split": "val_knee", "ssim": ssim, "psnr": 30 + ssim, "nmse": nmse})
+    weights = run_dir / "model_selected.pt"
+    torch.save({"state_dict": {}}, weights)
+    meta = {"config": {"run": {"arm": "mraugment"}}, "val_knee/ssim": 0.8, "val_brain/ssim": float("nan")}
+    assert tracker.log_model(weights, aliases=["selected"], metadata=meta) == f"model-{tracker.wandb_id}"
+    with pytest.raises(ValueError, match="'bad name'"):
+        tracker.log_model(weights, name="bad name")
+    with pytest.raises(FileNotFoundError, match="model_fp32.pt"):
+        tracker.log_model(run_dir / "model_fp32.pt", aliases=["final"])
+    tracker.log_summary({"selected/val_knee/ssim": np.float64(0.8)})
+    tracker.finish()
+
+    records = _wandb_records(next(tracker.wandb_dir.glob("*.wandb")))
+    run_record = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run_record.display_name == "mraugment-s3" and run_record.run_group == "study-1"
+    assert run_record.job_type == "mraugment" and list(run_record.tags) == ["knee2brain", "seed-3", "mraugment"]
+    summary = _summary(records)
+    assert summary["val_knee/ssim"] == 0.75 and summary["val_knee/ssim_max"] == 0.80  # last and best
+    assert summary["val_knee/psnr_max"] == 30.80 and summary["val_knee/nmse_min"] == 0.03
+    assert summary["val_knee/nmse"] == 0.04 and summary["train/loss"] == 0.4 and summary["train/loss_min"] == 0.3
+    assert "train/lr_min" not in summary and "train/lr_max" not in summary
+    assert summary["selected/val_knee/ssim"] == 0.8
+    artifact = next(r.artifact for r in records if r.WhichOneof("record_type") == "artifact")
+    assert artifact.type == "model" and artifact.name == f"model-{tracker.wandb_id}"
+    assert "selected" in list(artifact.aliases)
+    assert json.loads(artifact.metadata) == {"config": {"run": {"arm": "mraugment"}}, "val_knee/ssim": 0.8,
+                                             "val_brain/ssim": None}
+    assert [c.path for c in artifact.manifest.contents] == ["model_selected.pt"]
+    staged = Path(artifact.manifest.contents[0].local_path)
+    assert staged.is_file() and staged.read_bytes() == weights.read_bytes()  # staged for `wandb sync`
+
+
+@pytest.mark.parametrize("group", ["it's", 'say "hi"', "a b", "back\\slash", "x" * 129, ""])
+def test_bad_group_names_are_refused(wandb_env, group):
+    cfg = load_config(None, ["log.wandb.mode=offline"])
+    cfg.log.wandb.group = group
+    with pytest.raises(ValueError, match="W&B group name") as err:
+        Tracker(cfg, wandb_env / "run", rank=0)
+    assert repr(group) in str(err.value) and "\n" not in str(err.value)
+    assert not (wandb_env / "run").exists()

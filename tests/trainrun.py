@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["model.num_cascades=2", "model.chans=4", "model.pools=2", "model.sens_chans=2", "model.sens_pools=2"]
+TINY = ["model.num_cascades=2", "model.chans=4", "model.pools=2", "model.sens_chans=2", "model.sens_pools=2",
+        "model.checkpointing=cascades"]  # real-process tests keep exercising activation checkpointing
 
 
 def env():

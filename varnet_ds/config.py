@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -27,7 +28,9 @@ class ConfigError(ValueError):
 class RunConfig:
     name: str = "baseline"
     out_dir: str = "runs/${run.name}"
-    seed: int = 42
+    seed: int = 42  # initial weights, data order, training masks, augmentation draws (eval masks: per file)
+    arm: Optional[str] = None  # study arm (set by python -m varnet_ds.study); W&B job_type and tag
+    resume: str = "auto"  # auto: a rerun must match the saved config.yaml; force: accept changed keys
 
 
 @dataclass
@@ -109,6 +112,7 @@ class TrainConfig:
     deterministic: bool = False  # deterministic cuDNN/cuBLAS kernels (bit-exact resume on GPU; slower)
     init_weights: Optional[str] = None  # start from weights only (model_fp32.pt or a state_dict file)
     resume: bool = True  # continue from run.out_dir/checkpoints/latest when present
+    elastic: bool = True  # resume on another rank count via a DeepSpeed universal checkpoint (false: refuse)
 
 
 @dataclass
@@ -160,7 +164,13 @@ _CHOICES = {
     "eval.knee_mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
     "eval.brain_mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
     "log.wandb.mode": (None, "online", "offline", "disabled"),
+    "run.resume": ("auto", "force"),
 }
+# Keys a rerun of an existing run folder may change without run.resume=force: they do not change what is trained.
+RESUMABLE_KEYS = ("log.", "run.resume", "train.resume", "train.elastic", "data.num_workers", "data.check_on_start",
+                  "data.use_dataset_cache")
+EXTENDABLE_KEYS = ("train.epochs", "train.max_steps")  # may grow (null max_steps = no cap)
+PLANNED_KEYS = ("model.checkpointing", "train.precision", "model.sens_chunk")  # set by train.memory_budget_gib
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -235,6 +245,68 @@ def save_config(cfg: DictConfig, path: Union[str, Path]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tmp.replace(path)
+
+
+def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(node, dict):
+        out: Dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def config_changes(saved: dict, new: dict) -> Dict[str, Tuple[Any, Any]]:
+    """Keys whose value differs between a run folder's saved config and a rerun's, that a resume may not change.
+
+    Allowed without ``run.resume=force``: :data:`RESUMABLE_KEYS`, growing ``train.epochs`` / ``train.max_steps``,
+    and the memory plan's keys when both configs ask the planner (``train.memory_budget_gib``).
+
+    Args:
+        saved: the resolved config of ``RUN/config.yaml`` as nested dicts.
+        new: the rerun's resolved config as nested dicts.
+
+    Returns:
+        ``{dotted key: (saved value, new value)}`` of the refused changes (empty: the rerun may go on).
+    """
+    a, b = _flatten(saved), _flatten(new)
+    planned = a.get("train.memory_budget_gib") is not None and a.get("train.memory_budget_gib") == b.get(
+        "train.memory_budget_gib")
+    changes = {}
+    for key in sorted(set(a) | set(b)):
+        old, value = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if old == value or key.startswith(RESUMABLE_KEYS) or (planned and key in PLANNED_KEYS):
+            continue
+        if key in EXTENDABLE_KEYS and isinstance(old, (int, type(None))) and (
+                value is None or (old is not None and isinstance(value, int) and value >= old)):
+            continue
+        changes[key] = (old, value)
+    return changes
+
+
+def check_rerun_config(cfg: DictConfig, saved_path: Union[str, Path]) -> Dict[str, Tuple[Any, Any]]:
+    """Compare a run's config with the ``config.yaml`` its folder already holds (a rerun or resume).
+
+    Returns:
+        The changed keys that ``run.resume=force`` accepted (``{}`` for a new folder or an unchanged config).
+
+    Raises:
+        ConfigError: the saved file is unreadable, or keys differ (named, old -> new) without ``run.resume=force``.
+    """
+    saved_path = Path(saved_path)
+    if not saved_path.is_file():
+        return {}
+    try:
+        saved = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved_path))
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        raise ConfigError(f"{saved_path}: cannot read the saved config ({str(err).splitlines()[0]})") from None
+    changes = config_changes(to_dict(saved), to_dict(cfg))
+    if changes and cfg.run.resume != "force":
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        raise ConfigError(
+            f"run folder {saved_path.parent} holds a run with another config ({saved_path}); differing keys: "
+            f"{listed}. Use another run.out_dir, or run.resume=force to continue this folder with the new values")
+    return changes
 
 
 def to_dict(cfg: DictConfig) -> dict:

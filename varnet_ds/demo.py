@@ -1,13 +1,18 @@
-"""``make demo``: the whole knee->brain study on the embedded simulator data, end to end.
+"""``make demo``: the knee->brain study end to end on the embedded simulator data, 3 seeds x 2 arms.
 
 1. simulate the demo data (procedural phantom knees for train/val, real-anatomy Colin27 brains with simulated
-   coils for transfer) into ``runs/demo-data``;
-2. train the baseline and the MRAugment arm with ``varnet_ds/conf/demo.yaml`` under the DeepSpeed launcher
-   (2 CPU ranks without a GPU, every GPU otherwise), identical except for ``aug.enabled``;
-3. reconstruct the brain set with each model (``varnet_ds.evaluate``) for the report's panels;
-4. write the comparison report (``analysis/compare.py``) to ``runs/demo-report``.
+   coils for transfer, 4 acquisitions) into ``runs/demo-data``;
+2. run the study (``python -m varnet_ds.study``): baseline and MRAugment, identical except for ``aug.enabled``,
+   seeds 1, 2, 3, each run under the DeepSpeed launcher with ``varnet_ds/conf/demo.yaml`` into
+   ``runs/demo/<arm>-s<seed>``; on a CPU box 1-rank runs side by side (one per core), on a GPU node one run per
+   GPU side by side; then ``analysis/study.py`` writes ``runs/demo/report/study.json``, ``per_volume.csv`` and
+   the seed figure;
+3. reconstruct the brain set with seed 1 of each arm (``varnet_ds.evaluate``) for the report's panels;
+4. write the comparison report (``analysis/compare.py runs/demo``) and the W&B Report spec (dry run) into
+   ``runs/demo/report``.
 
-Rerunning resumes or skips finished steps; ``--fresh`` starts over.
+Rerunning resumes or skips finished steps; ``--fresh`` starts over. ``make results`` then writes the README's
+headline table and figure from ``study.json``.
 """
 
 from __future__ import annotations
@@ -26,13 +31,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs"
 DATA = RUNS / "demo-data"
-ARMS = {"demo-baseline": ["aug.enabled=false", "log.wandb.job_type=baseline"],
-        "demo-mraugment": ["aug.enabled=true", "log.wandb.job_type=mraugment"]}
-# Demo data: small enough for CPU minutes, same format as fastMRI multicoil.
+STUDY = "demo"
+SEEDS = (1, 2, 3)
+ARMS = {"baseline": ["aug.enabled=false"], "mraugment": ["aug.enabled=true"]}
+# Demo data: small enough for CPU minutes, same format as fastMRI multicoil. 10 knee val volumes and 12 brain
+# volumes (3 per acquisition) let a consistent per-volume effect reach p < 0.01 (Wilcoxon's floor: 2 / 2^n); they
+# have 4 slices each, since evaluation is a large part of the demo's time (the volume is the statistical unit).
 DEMO_SETS = {
     "knee_train": dict(anatomy="knee", volumes=10, slices=6, coils=6, shape=(128, 96), seed=1),
-    "knee_val": dict(anatomy="knee", volumes=3, slices=6, coils=6, shape=(128, 96), seed=1001),
-    "brain": dict(anatomy="brain", volumes=4, slices=6, coils=6, shape=(128, 80), seed=2001),
+    "knee_val": dict(anatomy="knee", volumes=10, slices=4, coils=6, shape=(128, 96), seed=1001),
+    "brain": dict(anatomy="brain", volumes=12, slices=4, coils=6, shape=(128, 80), seed=2001),
 }
 NOTE = ("Demo data: the knees are procedural phantoms (not patient data) and the brains are real Colin27 anatomy "
         "with simulated coils, phase and noise, at 128x96 / 128x80 instead of fastMRI's 640x368 / 640x320. "
@@ -48,7 +56,8 @@ def make_data(fresh: bool) -> None:
     from varnet_ds.data.synth import write_dataset
 
     stamp = DATA / ".complete"
-    if stamp.exists() and not fresh:
+    spec = repr(sorted(DEMO_SETS.items()))
+    if stamp.exists() and stamp.read_text() == spec and not fresh:
         say(f"demo data present in {DATA} (use --fresh to regenerate)")
         return
     shutil.rmtree(DATA, ignore_errors=True)
@@ -56,71 +65,80 @@ def make_data(fresh: bool) -> None:
         t0 = time.time()
         files = write_dataset(out_dir=DATA / name, **kw)
         say(f"simulated {name}: {len(files)} volumes in {time.time() - t0:.1f} s")
-    stamp.write_text("ok\n")
+    stamp.write_text(spec)
     subprocess.run([sys.executable, "-m", "varnet_ds.data.check", str(DATA / "knee_train"), str(DATA / "knee_val"),
                     str(DATA / "brain")], check=True)
 
 
-def launcher(nproc: Optional[int]) -> List[str]:
-    """The DeepSpeed launcher command: every GPU, or 2 CPU ranks."""
-    n = nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 2)
-    return [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(n)]
+def study(name: str, nproc: Optional[int], extra: List[str]) -> None:
+    """Every arm x seed with ``python -m varnet_ds.study`` (skips finished runs, resumes killed ones)."""
+    cmd = [sys.executable, "-m", "varnet_ds.study", "--name", name, "--runs-dir", str(RUNS), "--config", "demo",
+           "--ds_config", str(ROOT / "ds_configs" / "zero2.json"), "--seeds", *map(str, SEEDS)]
+    for arm, overrides in ARMS.items():
+        cmd += ["--arm", arm, *overrides]
+    for key, folder in (("train_path", "knee_train"), ("val_path", "knee_val"), ("transfer_path", "brain")):
+        cmd += ["--set", f"data.{key}={DATA / folder}"]
+    for override in extra:
+        cmd += ["--set", override]
+    if nproc is not None:
+        cmd += ["--gpus-per-run", str(nproc)] if torch.cuda.is_available() else ["--parallel", str(nproc)]
+    elif torch.cuda.is_available():
+        cmd += ["--gpus-per-run", "1"]  # one run per GPU side by side
+    say("study: " + " ".join(cmd[2:]))
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code != 0:
+        raise SystemExit(f"demo: the study failed with exit code {code}")
 
 
-def train(run: str, overrides: List[str], nproc: Optional[int], extra: List[str]) -> None:
-    cmd = [*launcher(nproc), str(ROOT / "varnet_ds" / "train.py"),
-           "--ds_config", str(ROOT / "ds_configs" / "zero2.json"), "--config", "demo",
-           f"run.name={run}", f"run.out_dir={RUNS / run}", *overrides, *extra]
-    env = dict(os.environ)
-    if not torch.cuda.is_available():
-        env["OMP_NUM_THREADS"] = "1"  # one thread per CPU rank
-    say(f"training {run}: {' '.join(cmd[-len(overrides) - len(extra) - 2:])}")
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"demo: training {run} failed with exit code {proc.returncode}")
-    say(f"{run} done in {time.time() - t0:.0f} s")
-
-
-def reconstruct(run: str) -> None:
+def reconstruct(name: str, run: str) -> None:
     from varnet_ds.evaluate import main as evaluate_main
 
-    out = RUNS / run / "recon"
+    folder = RUNS / name / run
+    out = folder / "recon"
+    if (out / "metrics.json").is_file():
+        return
     say(f"reconstructing the brain set with {run} -> {out}")
-    code = evaluate_main(["--run", str(RUNS / run), "--data", str(DATA / "brain"), "--out", str(out),
+    code = evaluate_main(["--run", str(folder), "--data", str(DATA / "brain"), "--out", str(out),
                           "--acceleration", "4", "--center-fraction", "0.08", "--mask-type", "equispaced"])
     if code != 0:
         raise SystemExit(f"demo: evaluation of {run} failed ({code})")
 
 
-def report() -> Path:
-    sys.path.insert(0, str(ROOT / "analysis"))
-    from compare import build_report  # analysis/ is a folder of scripts, not part of the package
-
-    out = RUNS / "demo-report"
-    path = build_report([RUNS / r for r in ARMS], out, labels=["baseline", "mraugment"], note=NOTE)
-    return Path(path)
+def report(name: str) -> Path:
+    """The comparison report of the study folder and the W&B Report spec (no network), in runs/demo/report."""
+    out = RUNS / name / "report"
+    py = sys.executable
+    subprocess.run([py, str(ROOT / "analysis" / "compare.py"), str(RUNS / name), "--out", str(out), "--note", NOTE],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    wandb = subprocess.run([py, str(ROOT / "analysis" / "wandb_report.py"), "--entity", "varnet-ds", "--project",
+                            "varnet_ds", "--study", name, "--runs-dir", str(RUNS), "--dry-run",
+                            str(out / "wandb_report.json")], cwd=ROOT)
+    if wandb.returncode != 0:
+        raise SystemExit(f"demo: the W&B Report spec failed ({wandb.returncode})")
+    return out / "report.md"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fresh", action="store_true", help="delete demo data and runs first")
-    p.add_argument("--nproc", type=int, default=None, help="ranks (default: all GPUs, or 2 CPU ranks)")
-    p.add_argument("overrides", nargs="*", help="extra config overrides for both arms, e.g. train.epochs=4")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="CPU: runs side by side (default: one per core); GPU: GPUs per run (default 1)")
+    p.add_argument("--name", default=STUDY, help=f"study name: folder runs/NAME (default {STUDY})")
+    p.add_argument("overrides", nargs="*", help="extra config overrides for every run, e.g. train.epochs=4")
     args = p.parse_args(argv)
     t0 = time.time()
     os.environ.setdefault("WANDB_SILENT", "true")
     if args.fresh:
-        for run in [*ARMS, "demo-report"]:
-            shutil.rmtree(RUNS / run, ignore_errors=True)
+        shutil.rmtree(RUNS / args.name, ignore_errors=True)
     make_data(args.fresh)
-    for run, overrides in ARMS.items():
-        train(run, overrides, args.nproc, args.overrides)
-    for run in ARMS:
-        reconstruct(run)
-    path = report()
+    study(args.name, args.nproc, args.overrides)
+    for arm in ARMS:
+        reconstruct(args.name, f"{arm}-s{SEEDS[0]}")
+    path = report(args.name)
     say(f"finished in {(time.time() - t0) / 60:.1f} min")
+    say(f"study: {RUNS / args.name / 'report' / 'study.json'} and {RUNS / args.name / 'report' / 'study.md'}")
     say(f"report: {path} and {path.with_suffix('.html')}")
+    say("README headline table and figure from study.json: make results")
     return 0
 
 

@@ -16,12 +16,16 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from fastmri.losses import SSIMLoss
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from varnet_ds import checkpoint as ckpt
-from varnet_ds.config import save_config, to_dict
-from varnet_ds.distributed import DistInfo, all_reduce_flags, barrier, broadcast_object, load_ds_config
+from varnet_ds import elastic
+from varnet_ds.config import check_rerun_config, save_config, to_dict
+from varnet_ds.console import EvalConsole, TrainProgress
+from varnet_ds.distributed import DistInfo, all_reduce_flags, barrier, load_ds_config
 from varnet_ds.evaluation import EvalOutput, EvalSplit, crop_pair, evaluate_split, model_inputs
+from varnet_ds.exits import EXIT_REQUEUE  # after a SIGTERM/SIGUSR1 checkpoint: "resume me"
+from varnet_ds.files import atomic_path
+from varnet_ds.memory_plan import apply_memory_plan
 from varnet_ds.model import build_model
 from varnet_ds.runtime import (
     build_train_loader,
@@ -31,10 +35,9 @@ from varnet_ds.runtime import (
     seed_everything,
     versions,
 )
+from varnet_ds.selection import VOLUME_COLUMNS, ModelSelector, fp32_payload, volume_table_rows
 from varnet_ds.tracking import Tracker
-from varnet_ds.weights import check_state_dict, read_weights
-
-EXIT_REQUEUE = 124  # exit code after a SIGTERM/SIGUSR1 checkpoint: "resume me" (see launch/slurm.sbatch)
+from varnet_ds.weights import load_init_weights
 
 
 class Trainer:
@@ -54,15 +57,17 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         ds_cfg = load_ds_config(ds_config_path, cfg.data.batch_size, cfg.train.grad_accum)
         seed_everything(cfg.run.seed, dist.rank, cfg.train.deterministic)
+        self.config_changes = check_rerun_config(cfg, self.run_dir / "config.yaml")  # every rank: all refuse
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
         self.bad_files = check_data(cfg, dist, self.run_dir / "data_check_cache.json")
-        self.plan_row = self._apply_memory_budget(ds_config_path) if cfg.train.memory_budget_gib else None
+        self.plan_row = apply_memory_plan(cfg, dist, ds_config_path) if cfg.train.memory_budget_gib else None
         model = build_model(cfg.model, cfg.train.precision)
         if cfg.train.init_weights:
-            _load_weights(model, cfg.train.init_weights)
+            load_init_weights(model, cfg.train.init_weights)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        # Before the engine exists: another world size needs load_universal and a grad_accum keeping the global batch.
+        self.resume_plan = elastic.plan_resume(cfg, self.ckpt_dir, dist, ds_cfg)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
         # Per-epoch StepLR as fastMRI; stepped by us, saved in client_state.
         self.base_optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # torch Adam inside ZeRO
@@ -76,11 +81,17 @@ class Trainer:
         self._eval_datasets: Dict = {}  # indexed eval datasets, reused by every evaluation
         self._signal_seen: Optional[int] = None  # set asynchronously by the handler on this rank
         self._stop_signal: Optional[int] = None  # set only from an all-reduce: every rank agrees
+        self.selector = ModelSelector(self.run_dir, dist.is_main)
+        self.eval_console = EvalConsole(dist.is_main)
         resume_state = self._maybe_resume()
         wandb_id = resume_state.get("wandb_id") if resume_state else None
         self._resumed = bool(resume_state)
         max_steps = cfg.train.max_steps or math.inf
         self._complete = bool(resume_state) and not (self.epoch < cfg.train.epochs and self.global_step < max_steps)
+        if not self._complete:  # saved once, after the memory plan; a finished run's config.yaml is never rewritten
+            self.selector.restore(resume_state.get("selected") if resume_state else None)
+            if dist.is_main:
+                save_config(cfg, self.run_dir / "config.yaml")
         tracker_cfg = cfg
         if self._complete:  # nothing will be logged: do not open (and so duplicate) a W&B run
             tracker_cfg = OmegaConf.merge(cfg, {"log": {"wandb": {"mode": "disabled"}}})
@@ -90,10 +101,17 @@ class Trainer:
         elif resume_state:
             self._rolled_back = self.tracker.truncate_rows(
                 int(resume_state.get("metrics_rows", self.tracker.num_rows)))
+            if self.resume_plan.changed:
+                self.tracker.log(self.resume_plan.event_row(self.global_step, self.epoch,
+                                                            self.train.samples_done(self.epoch, self.batch_in_epoch)))
         else:
             self._drop_stale_metrics()
             self.tracker.log({"step": 0, "epoch": 0, "split": "event", "event": "start", "world_size": dist.world_size,
                               "parameters": sum(p.numel() for p in model.parameters()), **versions()})
+        if self.config_changes and not self._complete:
+            self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event",
+                              "event": "config_changed", "keys": {k: [str(a), str(b)] for k, (a, b) in
+                                                                   self.config_changes.items()}})
         if self.plan_row and not self._complete:
             self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", **self.plan_row})
         if self.bad_files and not self._complete:
@@ -101,60 +119,35 @@ class Trainer:
                               "event": "skipped_bad_files", "count": len(self.bad_files),
                               "files": [f"{p}: {why}" for p, why in self.bad_files]})
 
-    def _apply_memory_budget(self, ds_config_path: str) -> Dict:
-        """``train.memory_budget_gib``: profile on rank 0's device, pick the fastest fitting policy, apply it."""
-        from varnet_ds.planner import plan
-
-        cfg, dist = self.cfg, self.dist
-        choice: object = None
-        if dist.is_main:
-            folders = [p for p in (cfg.data.train_path, cfg.data.val_path, cfg.data.transfer_path) if p]
-            rng = ckpt.rng_state()
-            try:
-                choice = plan(cfg.model, folders, cfg.train.memory_budget_gib, dist.device,
-                              batch_size=cfg.data.batch_size, ds_config=ds_config_path, world_size=dist.world_size)
-            except Exception as err:  # every rank must learn about the failure
-                choice = err
-            ckpt.set_rng_state(rng)  # profiling must not change the initial weights
-        choice = broadcast_object(choice)
-        if isinstance(choice, Exception):
-            raise choice
-        cfg.model.checkpointing = choice.policy.checkpointing
-        cfg.train.precision = choice.policy.precision
-        cfg.model.sens_chunk = choice.policy.sens_chunk
-        if dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
-        return {"event": "memory_plan", "budget_gib": cfg.train.memory_budget_gib,
-                "checkpointing": choice.policy.checkpointing, "precision": choice.policy.precision,
-                "sens_chunk": choice.policy.sens_chunk,
-                "measured_peak_gib": choice.profile.peak_gib, "step_s": choice.profile.step_s}
-
     # ------------------------------------------------------------------ resume
     def _maybe_resume(self) -> Optional[Dict]:
-        if not self.cfg.train.resume:
+        plan = self.resume_plan  # found and, for another world size, converted before the engine was built
+        if plan is None:
             return None
-        tag = ckpt.find_latest(self.ckpt_dir)
-        tag = broadcast_object(tag)
-        if tag is None:
-            return None
-        state = ckpt.load(self.engine, self.ckpt_dir, tag, self.dist)
+        state = ckpt.load(self.engine, self.ckpt_dir, plan.tag, self.dist, universal=plan.universal)
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
+        done = elastic.samples_in_epoch(state, plan, self.cfg.data.batch_size)  # global: any world size
+        self.batch_in_epoch = elastic.restore_position(self.train, self.epoch, done)
         self.scheduler.load_state_dict(state["scheduler"])
+        if plan.changed:  # per-rank RNG streams cannot carry over to other ranks
+            elastic.reseed(self.cfg.run.seed, self.global_step, self.dist.rank)
         if self.dist.is_main:
-            print(f"[varnet_ds] resumed from {self.ckpt_dir / tag} (step {self.global_step}, epoch {self.epoch}, "
-                  f"batch {self.batch_in_epoch})", flush=True)
+            print(f"[varnet_ds] resumed from {self.ckpt_dir / plan.load_tag} (step {self.global_step}, epoch "
+                  f"{self.epoch}, {done} samples of the epoch done)", flush=True)
         return state
 
     def _client_state(self) -> Dict:
         return {
             "global_step": self.global_step,
             "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
+            "batch_in_epoch": self.batch_in_epoch,  # of this process's loader; samples_in_epoch is the position
+            "samples_in_epoch": self.train.samples_done(self.epoch, self.batch_in_epoch),  # global: any world size
+            "global_batch": self.engine.train_batch_size(),  # kept on another world size (varnet_ds.elastic)
             "scheduler": self.scheduler.state_dict(),
             "wandb_id": self.tracker.wandb_id,
             "metrics_rows": self.tracker.num_rows,  # rank 0's count; exact rollback on resume
+            "selected": self.selector.state_dict(),  # commits the best candidate (varnet_ds.selection)
             "config": to_dict(self.cfg),
         }
 
@@ -170,8 +163,10 @@ class Trainer:
     def save_checkpoint(self) -> str:
         """Every rank calls this; returns the tag."""
         self.tracker.flush()
-        return ckpt.save(self.engine, self.ckpt_dir, self.global_step, self._client_state(), self.dist,
-                         keep=self.cfg.train.keep_checkpoints)
+        tag = ckpt.save(self.engine, self.ckpt_dir, self.global_step, self._client_state(), self.dist,
+                        keep=self.cfg.train.keep_checkpoints)
+        self.selector.prune()
+        return tag
 
     # ------------------------------------------------------------------ signals
     def _install_signals(self) -> None:
@@ -241,8 +236,7 @@ class Trainer:
         self.engine.train()
         reset_peak_memory(self.dist.device)
         window: List[float] = []  # micro-batch losses of the current accumulation window (may span epochs)
-        bar = tqdm(total=None if max_steps is math.inf else int(max_steps), initial=self.global_step,
-                   disable=not (self.dist.is_main and cfg.log.progress), desc=cfg.run.name, dynamic_ncols=True)
+        bar = TrainProgress.for_run(cfg, self.dist, len(self.train.dataset), initial=self.global_step)
         while self.epoch < cfg.train.epochs and self.global_step < max_steps:
             loader = self.train.loader(self.epoch, skip=self.batch_in_epoch)
             losses: List[float] = []
@@ -274,8 +268,7 @@ class Trainer:
                 loss = sum(window) / len(window)
                 losses.append(loss)
                 window = []
-                bar.update(1)
-                bar.set_postfix(epoch=self.epoch, loss=f"{loss:.4f}")
+                bar.update(self.global_step, self.epoch, loss)
                 if self.global_step % cfg.log.every_steps == 0:
                     self._log_train(losses, t0, samples)
                     losses, t0, samples = [], time.perf_counter(), 0
@@ -347,7 +340,8 @@ class Trainer:
     def evaluate(self, final: bool = False) -> Dict[str, EvalOutput]:
         """Evaluate every split, log rows and panels (rank 0). All ranks call it."""
         outputs: Dict[str, EvalOutput] = {}
-        for split in self.eval_splits():
+        console = self.eval_console  # rank 0 prints; keeps the best SSIM per split
+        for split in console.started(self.eval_splits()):
             out = evaluate_split(self.engine.module, split, self.dist, self.cfg.data.num_workers, self.cfg.run.seed,
                                  cache=self._eval_datasets)
             outputs[split.name] = out
@@ -355,34 +349,39 @@ class Trainer:
                 self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": split.name, **row})
             if out.panels is not None and self.cfg.eval.image_panels:
                 self.tracker.log_images(self.global_step, self.epoch, split.name, out.panels)
+            console.result(self.global_step, self.epoch, split.name, out.rows)
         self._last_eval, self._last_eval_step = outputs, self.global_step
+        if self.selector.update(self.global_step, self.epoch, outputs, self.engine.module, to_dict(self.cfg)):
+            best = self.selector.best
+            self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", "event": "best",
+                              "criterion": best["criterion"], "value": best["value"]})
         barrier()
         reset_peak_memory(self.dist.device)  # train rows report the training peak, not evaluation's
         return outputs
 
     def _finish(self, final: Dict[str, EvalOutput]) -> None:
         if self.dist.is_main:
-            state = {k: v.detach().float().cpu() for k, v in self.engine.module.state_dict().items()}
-            payload = {"state_dict": state, "model": to_dict(self.cfg)["model"], "global_step": self.global_step,
-                       "epoch": self.epoch, "config": to_dict(self.cfg)}
-            tmp = self.run_dir / ".model_fp32.pt.tmp"
-            torch.save(payload, tmp)
-            tmp.replace(self.run_dir / "model_fp32.pt")
+            with atomic_path(self.run_dir / "model_fp32.pt") as tmp:
+                torch.save(fp32_payload(self.engine.module, self.global_step, self.epoch, to_dict(self.cfg)), tmp)
+            selected = self.selector.finalize()
             for name, out in final.items():
-                rows = [[v.fname, v.acquisition, v.acceleration, v.num_slices, v.ssim, v.psnr, v.nmse]
-                        for v in out.volumes]
-                self.tracker.log_table(f"{name}_per_volume",
-                                       ["fname", "acquisition", "acceleration", "num_slices", "ssim", "psnr", "nmse"],
-                                       rows)
-            self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", "event": "end"})
+                self.tracker.log_table(f"{name}_per_volume", VOLUME_COLUMNS, volume_table_rows(out.volumes))
+            self.tracker.log({"step": self.global_step, "epoch": self.epoch, "split": "event", "event": "end",
+                              "selected_step": selected["step"] if selected else None,
+                              "selected_epoch": selected["epoch"] if selected else None})
+            self._log_models(final, selected)
         self.tracker.finish()
         barrier()
 
-
-def _load_weights(model: torch.nn.Module, path: str) -> None:
-    """Load a ``model_fp32.pt`` (ours), a ``zero_to_fp32.py`` output or a plain VarNet state_dict into ``model``."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"train.init_weights = {path}: file not found")
-    state, _ = read_weights(path)
-    check_state_dict(state, model, f"train.init_weights = {path}")
-    model.load_state_dict(state, strict=True)
+    def _log_models(self, final: Dict[str, EvalOutput], selected: Optional[Dict]) -> None:
+        """W&B: the selected and final fp32 weights as versions of one model artifact, and their metrics."""
+        summary = {f"final/{split}/{m}": out.rows[0][m] for split, out in final.items() if out.rows
+                   for m in ("ssim", "psnr", "nmse")}
+        if selected:
+            summary.update({f"selected/{split}/{m}": v for split, ms in selected["metrics"].items()
+                            for m, v in ms.items()})
+        meta = {"config": to_dict(self.cfg), "metrics": summary, "selected": selected}
+        if selected:
+            self.tracker.log_model(self.run_dir / "model_selected.pt", aliases=["selected"], metadata=meta)
+        self.tracker.log_model(self.run_dir / "model_fp32.pt", aliases=["final"], metadata=meta)
+        self.tracker.log_summary(summary)

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from varnet_ds.data.check import TARGET_KEY, DataError, check_folder
 from varnet_ds.data.datasets import MASK_TYPES, VarNetTransform, build_eval_dataset, volume_table
 from varnet_ds.evaluation import model_inputs
+from varnet_ds.exits import EXIT_BAD_DATA, EXIT_USAGE
 from varnet_ds.metrics import VolumeResult, evaluation_crop, summarize, volume_metrics
 from varnet_ds.model import PRECISIONS, VarNetDS
 from varnet_ds.tracking import json_safe
@@ -311,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry point; 0 on success, 1 on a clear input error (printed to stderr)."""
+    """CLI entry point; 0 on success, 1 on bad data, 2 on bad usage (the reason on stderr; varnet_ds.exits)."""
     args = build_parser().parse_args(argv)
     try:
         if args.run is not None and args.run.exists() and not args.run.is_dir():
@@ -324,9 +325,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             max_volumes=args.max_volumes, batch_slices=args.batch_slices, num_workers=args.num_workers,
             skip_bad=args.skip_bad,
         )
-    except (FileNotFoundError, ValueError) as err:  # DataError and ConfigError are ValueErrors
+    except DataError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_DATA
+    except (FileNotFoundError, ValueError) as err:  # ConfigError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     print(format_summary(metrics))
     print(f"wrote {metrics['settings']['num_volumes']} reconstructions and {args.out / 'metrics.json'}")
     return 0

@@ -7,6 +7,7 @@ import os
 import platform
 import random
 import resource
+import time
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DistributedSampler, Sampler
 
+from varnet_ds.console import say
 from varnet_ds.data.augment import AugmentSchedule, MRAugment
 from varnet_ds.data.check import DataError, check_file, list_h5_files
 from varnet_ds.data.datasets import build_loader, build_train_dataset
@@ -90,12 +92,20 @@ def check_data(cfg: DictConfig, dist: DistInfo, cache_path: Optional[Path] = Non
     if not cfg.data.check_on_start:
         return []
     cache = _load_check_cache(cache_path)
+
+    def ident_of(f: Path) -> str:
+        stat = f.stat()
+        return f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+    t0 = time.perf_counter()
+    if dist.is_main:
+        cached = sum(ident_of(f) in cache for _, f in files)
+        say(f"checking {len(files)} files in {len(folders)} folders (cached: {cached})")
     mine = []
     for i, (key, f) in enumerate(files):
         if i % dist.world_size != dist.rank:
             continue
-        stat = f.stat()
-        ident = f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        ident = ident_of(f)
         if ident not in cache:
             try:
                 check_file(f, require_target=True)
@@ -109,6 +119,8 @@ def check_data(cfg: DictConfig, dist: DistInfo, cache_path: Optional[Path] = Non
     if dist.is_main and cache_path is not None:
         _save_check_cache(cache_path, {ident: problem for _, _, ident, problem in verdicts})
     bad = [(Path(f), problem) for _, f, _, problem in sorted(verdicts, key=lambda v: v[1]) if problem]
+    if dist.is_main:
+        say(f"data check: {len(verdicts) - len(bad)} files ok, {len(bad)} bad, {time.perf_counter() - t0:.1f} s")
     if bad and not cfg.data.skip_bad_files:
         path, problem = bad[0]
         more = f" (and {len(bad) - 1} more bad files; data.skip_bad_files=true skips them)" if len(bad) > 1 else ""
@@ -148,18 +160,30 @@ def _save_check_cache(path: Path, verdicts: Dict[str, str]) -> None:
 
 
 class SkipSampler(Sampler):
-    """Yields ``sampler``'s indices after dropping the first ``skip`` (resume inside an epoch)."""
+    """Rank ``rank``'s share of ``sampler``'s order after its first ``skip`` indices (resume inside an epoch).
 
-    def __init__(self, sampler: Sampler, skip: int) -> None:
-        self.sampler, self.skip = sampler, skip
+    ``sampler`` yields one global order, the same on every rank. The indices after the first ``skip`` are padded
+    with the order's first indices to a multiple of ``num_replicas`` (as ``DistributedSampler`` pads, so every rank
+    gets as many batches) and rank ``rank`` takes every ``num_replicas``-th from position ``rank``. When ``skip`` is
+    a multiple of ``num_replicas`` this is exactly ``DistributedSampler(num_replicas, rank)`` of that order without
+    its first ``skip / num_replicas`` indices, so ``skip`` counts global samples on any world size.
+    """
+
+    def __init__(self, sampler: Sampler, skip: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.sampler, self.skip, self.num_replicas, self.rank = sampler, int(skip), int(num_replicas), int(rank)
 
     def __iter__(self) -> Iterator[int]:
-        for i, index in enumerate(self.sampler):
-            if i >= self.skip:
-                yield index
+        order = list(self.sampler)
+        rest = order[self.skip:]
+        pad = -len(rest) % self.num_replicas
+        if rest and pad:
+            rest += (order * -(-pad // len(order)))[:pad]
+        return iter(rest[self.rank::self.num_replicas])
 
     def __len__(self) -> int:
-        return max(len(self.sampler) - self.skip, 0)  # type: ignore[arg-type]
+        rest = max(len(self.sampler) - self.skip, 0)  # type: ignore[arg-type]
+        total = -(-rest // self.num_replicas) * self.num_replicas
+        return len(range(self.rank, total, self.num_replicas))
 
 
 class PerSampleSeed:
@@ -200,6 +224,7 @@ class TrainData:
     dist: DistInfo
     aug_p: float = 0.0
     augmentor: Optional[MRAugment] = None  # set when aug.device == cuda: augmentation runs in the train step
+    start: Tuple[int, int] = (0, 0)  # (epoch, samples of its global order done before batch 0): elastic resume
 
     def prepare(self, batch):
         """A ``VarNetSample`` batch for the model: augments and masks :class:`FullySampledSample` on the device."""
@@ -208,16 +233,26 @@ class TrainData:
             return augment_and_mask(batch, self.augmentor, mask_func, self.dist.device)
         return batch
 
+    def samples_done(self, epoch: int, batches: int) -> int:
+        """Samples of ``epoch``'s global order trained once every rank has done ``batches`` batches of its loader."""
+        before = self.start[1] if self.start[0] == epoch else 0
+        return before + batches * self.cfg.data.batch_size * self.dist.world_size
+
     def loader(self, epoch: int, skip: int = 0):
-        """A loader for ``epoch`` (deterministic order from run.seed), skipping ``skip`` samples already done."""
+        """A loader for ``epoch``, skipping the samples of ``skip`` batches per rank (and ``start``) already done.
+
+        The epoch's order is one global permutation from (run.seed, epoch), DistributedSampler's; the samples done
+        are dropped from it and the rest is split across this job's ranks (:class:`SkipSampler`), so a resume on
+        another world size neither repeats nor skips a sample of the interrupted epoch.
+        """
         self.aug_p = float(self.schedule(epoch))
         if hasattr(self.transform, "set_epoch"):
             self.transform.set_epoch(epoch)
-        sampler = DistributedSampler(self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                     shuffle=True, seed=self.cfg.run.seed, drop_last=False)
-        sampler.set_epoch(epoch)
-        return build_loader(self.dataset, SkipSampler(sampler, skip * self.cfg.data.batch_size),
-                            num_workers=self.cfg.data.num_workers, base_seed=self.cfg.run.seed,
+        order = DistributedSampler(self.dataset, num_replicas=1, rank=0, shuffle=True, seed=self.cfg.run.seed,
+                                   drop_last=False)
+        order.set_epoch(epoch)
+        sampler = SkipSampler(order, self.samples_done(epoch, skip), self.dist.world_size, self.dist.rank)
+        return build_loader(self.dataset, sampler, num_workers=self.cfg.data.num_workers, base_seed=self.cfg.run.seed,
                             rank=self.dist.rank, epoch=epoch, batch_size=self.cfg.data.batch_size)
 
 

@@ -16,82 +16,46 @@ between the checkpoint and the crash of a resumed run. (W&B history of a resumed
 both copies of that window; ``metrics.jsonl`` is truncated to the checkpoint, see :meth:`Tracker.truncate_after`.)
 
 W&B mode (:func:`resolve_wandb_mode`): an explicit ``log.wandb.mode`` wins, then the environment variable
-``WANDB_MODE`` (``WANDB_DISABLED=true`` means disabled), else ``online`` when credentials are configured and
-``offline`` otherwise. A failing online ``wandb.init`` falls back to offline, a failing offline init to no W&B;
-after init, W&B exceptions are caught and reported once, and ``metrics.jsonl`` keeps being written.
+``WANDB_MODE`` (``WANDB_DISABLED=true`` means disabled), else ``online`` when wandb's own credential lookup
+finds a key for its server (:func:`varnet_ds.wandb_run.wandb_credentials`) and ``offline`` otherwise. Falling
+back from online to offline (no key, or a failing online ``wandb.init``) prints one line with the
+``wandb sync <dir>`` command; a failing offline init means no W&B. After init, W&B exceptions are caught and
+reported once, and ``metrics.jsonl`` keeps being written. Run name/group/job type/tags, best-value summaries
+(``<key>_max`` / ``<key>_min``) and model artifacts: see :mod:`varnet_ds.wandb_run`.
 """
 
 from __future__ import annotations
 
-import configparser
 import csv
 import json
 import math
-import netrc
 import os
 import re
-import shlex
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
-from urllib.parse import urlsplit
 
 import numpy as np
 from omegaconf import DictConfig
 
-from varnet_ds.config import to_dict
+from varnet_ds.wandb_run import (  # noqa: F401  (re-exported: the tracker's public W&B helpers)
+    EPOCH_KEY,
+    SPLITS,
+    STEP_KEY,
+    WANDB_MODES,
+    WandbRun,
+    check_artifact_name,
+    has_wandb_credentials,
+    image_key,
+    requested_wandb_mode,
+    resolve_wandb_mode,
+    validate_group,
+    wandb_credentials,
+    wandb_key,
+)
 
-SPLITS = ("train", "val_knee", "val_brain", "event")
-STEP_KEY = "trainer/step"
-EPOCH_KEY = "trainer/epoch"
-WANDB_MODES = ("online", "offline", "disabled")
 _ROW_KEYS = ("step", "epoch", "split", "acquisition", "acceleration", "time")
-
-
-def has_wandb_credentials() -> bool:
-    """Whether a W&B API key is configured: env ``WANDB_API_KEY``/``WANDB_IDENTITY_TOKEN_FILE``, a netrc entry
-    for the W&B host (``WANDB_BASE_URL``, default ``api.wandb.ai``), or ``api_key`` in the wandb settings file."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc or "api.wandb.ai"
-    netrc_path = Path(os.environ.get("NETRC", "~/.netrc")).expanduser()
-    try:
-        if netrc_path.is_file() and netrc.netrc(str(netrc_path)).authenticators(host):
-            return True
-    except (OSError, netrc.NetrcParseError):
-        pass
-    config_dir = Path(os.environ.get("WANDB_CONFIG_DIR", "~/.config/wandb")).expanduser()
-    parser = configparser.ConfigParser()
-    try:
-        parser.read(config_dir / "settings")
-        return bool(parser.get("default", "api_key", fallback=""))
-    except (OSError, configparser.Error):
-        return False
-
-
-def resolve_wandb_mode(mode: Optional[str] = None) -> str:
-    """The W&B mode to use: ``mode`` if given, else env ``WANDB_MODE``, else online iff credentials exist.
-
-    Args:
-        mode: ``online | offline | disabled`` or ``None`` (auto).
-
-    Returns:
-        One of ``online``, ``offline``, ``disabled`` (``dryrun`` in the environment means offline).
-    """
-    if mode is not None:
-        if mode not in WANDB_MODES:
-            raise ValueError(f"log.wandb.mode = {mode!r}: must be one of {list(WANDB_MODES)} or null")
-        return mode
-    env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env:
-        env = {"dryrun": "offline", "run": "online"}.get(env, env)
-        if env not in WANDB_MODES:
-            raise ValueError(f"environment WANDB_MODE = {env!r}: must be one of {list(WANDB_MODES)}")
-        return env
-    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
-        return "disabled"
-    return "online" if has_wandb_credentials() else "offline"
 
 
 def read_metrics(path: Path | str) -> List[Dict[str, Any]]:
@@ -201,66 +165,27 @@ class Tracker:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.mode = "disabled"
         self._resume_id = resume_id
-        self._run: Any = None
-        self._wandb: Any = None
+        self._wb: Optional[WandbRun] = None
         self._file: Any = None
-        self._errors = 0
         self._finished = False
         self.num_rows = 0  # rows in metrics.jsonl (rank 0)
+        requested = requested_wandb_mode(cfg.log.wandb.mode)
+        if requested != "disabled":
+            validate_group(cfg.log.wandb.group)  # ValueError naming a group W&B's run filters cannot express
         if not self.active:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.num_rows = len(_parse_lines(self.metrics_path)) if self.metrics_path.exists() else 0
         self._file = open(self.metrics_path, "a", encoding="utf-8")
-        mode = resolve_wandb_mode(cfg.log.wandb.mode)
-        if mode == "online" and not has_wandb_credentials():
-            warnings.warn("W&B mode online but no API key is configured: logging offline", stacklevel=2)
-            mode = "offline"
+        mode, fallback = requested or "online", None
+        if mode == "online":
+            found, host = wandb_credentials()
+            if not found:
+                mode, fallback = "offline", f"no API key for {host} (run `wandb login` or set WANDB_API_KEY)"
         if mode != "disabled":
-            self._init_wandb(cfg, mode)
-
-    def _init_wandb(self, cfg: DictConfig, mode: str) -> None:
-        try:
-            import wandb
-
-            settings = wandb.Settings(silent=True, console="off")  # no W&B chatter, no stdout capture
-        except Exception as err:  # broken or missing install must not stop training
-            warnings.warn(f"cannot set up wandb ({err}); logging to metrics.jsonl only", stacklevel=3)
-            return
-        os.environ.setdefault("WANDB_SILENT", "true")
-        version = tuple(int(x) for x in re.findall(r"\d+", wandb.__version__)[:3])
-        wb = cfg.log.wandb
-        kwargs = dict(
-            project=wb.project, entity=wb.entity, group=wb.group, job_type=wb.job_type,
-            tags=list(wb.tags) or None, name=cfg.run.name, config=to_dict(cfg), dir=str(self.run_dir),
-            id=self._resume_id, resume="allow" if self._resume_id else None,
-            reinit="create_new" if version >= (0, 19, 10) else True,
-            settings=settings,
-        )
-        for try_mode in (mode, "offline") if mode == "online" else (mode,):
-            try:
-                self._run = wandb.init(mode=try_mode, **kwargs)
-                self.mode, self._wandb = try_mode, wandb
-                break
-            except Exception as err:
-                warnings.warn(f"wandb.init(mode={try_mode!r}) failed: {err}", stacklevel=3)
-        if self._run is None:
-            warnings.warn("W&B unavailable; logging to metrics.jsonl only", stacklevel=3)
-            return
-        self._wandb_call(self._run.define_metric, STEP_KEY)
-        self._wandb_call(self._run.define_metric, EPOCH_KEY)
-        for split in SPLITS:
-            axis = EPOCH_KEY if split.startswith("val_") else STEP_KEY
-            self._wandb_call(self._run.define_metric, f"{split}/*", step_metric=axis)
-
-    def _wandb_call(self, fn: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except Exception as err:  # W&B must never kill training after init
-            self._errors += 1
-            if self._errors == 1:
-                warnings.warn(f"W&B call {getattr(fn, '__name__', fn)} failed ({err}); further W&B errors are "
-                              "counted silently, metrics.jsonl is unaffected", RuntimeWarning, stacklevel=3)
+            wb = WandbRun(cfg, self.run_dir, mode, resume_id, fallback)
+            if wb.run is not None:
+                self._wb, self.mode = wb, wb.mode
 
     def _check_open(self) -> None:
         if self._finished:
@@ -269,12 +194,12 @@ class Tracker:
     @property
     def wandb_id(self) -> Optional[str]:
         """Id of the W&B run (store it in the checkpoint); the resume id when W&B is off or failed."""
-        return self._run.id if self._run is not None else self._resume_id
+        return self._wb.run.id if self._wb is not None else self._resume_id
 
     @property
     def wandb_dir(self) -> Optional[Path]:
         """The W&B run's local folder (``run_dir/wandb/{offline,run}-<time>-<id>``), if a run exists."""
-        return Path(self._run.dir).parent if self._run is not None else None
+        return self._wb.dir if self._wb is not None else None
 
     def log(self, row: Mapping[str, Any]) -> None:
         """Append one row to ``metrics.jsonl`` and log it to W&B.
@@ -294,16 +219,12 @@ class Tracker:
         self._file.write(json.dumps(json_safe(record)) + "\n")
         self._file.flush()
         self.num_rows += 1
-        if self._run is None:
+        if self._wb is None:
             return
-        prefix = [record["split"]]
-        if record.get("acquisition") is not None:
-            prefix.append(str(record["acquisition"]))
-        if record.get("acceleration") is not None:
-            prefix.append(f"x{record['acceleration']}")
-        payload = {f"{'/'.join(prefix)}/{k}": v for k, v in record.items() if k not in _ROW_KEYS and v is not None}
+        payload = {wandb_key(record["split"], k, record.get("acquisition"), record.get("acceleration")): v
+                   for k, v in record.items() if k not in _ROW_KEYS and v is not None}
         payload.update({STEP_KEY: record["step"], EPOCH_KEY: record["epoch"]})
-        self._wandb_call(self._run.log, payload)
+        self._wb.log(payload)
 
     def log_images(self, step: int, epoch: int, split: str, panels: Mapping[str, Any]) -> Optional[Path]:
         """Log image panels (e.g. zero_filled, reconstruction, target, error) to W&B and a PNG.
@@ -325,17 +246,19 @@ class Tracker:
         path = self.run_dir / "images" / f"{split}_epoch{int(epoch):03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_panels_png(path, scaled, f"{split}  epoch {epoch}  step {step}")
-        if self._run is not None:
+        if self._wb is not None:
+            wb = self._wb
+
             def log_wandb() -> None:
                 payload: Dict[str, Any] = {
-                    f"{split}/images/{name}": self._wandb.Image(
+                    image_key(split, name): wb.wandb.Image(
                         (img * 255.0).round().astype(np.uint8), caption=f"{name} epoch {epoch} step {step}")
                     for name, img in scaled.items()
                 }
                 payload.update({STEP_KEY: int(step), EPOCH_KEY: int(epoch)})
-                self._run.log(payload)
+                wb.run.log(payload)
 
-            self._wandb_call(log_wandb)
+            wb.call(log_wandb)
         return path
 
     def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Optional[Path]:
@@ -360,9 +283,54 @@ class Tracker:
             writer.writerow(list(columns))
             writer.writerows(data)
         os.replace(tmp, path)
-        if self._run is not None:
-            self._wandb_call(lambda: self._run.log({name: self._wandb.Table(columns=list(columns), data=data)}))
+        if self._wb is not None:
+            wb = self._wb
+            wb.call(lambda: wb.run.log({name: wb.wandb.Table(columns=list(columns), data=data)}))
         return path
+
+    def log_model(self, path: Path | str, name: Optional[str] = None, aliases: Sequence[str] = (),
+                  metadata: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+        """Log a weights file as a W&B Artifact of type ``model`` (offline runs stage it for ``wandb sync``).
+
+        Args:
+            path: the file, e.g. ``run_dir/model_selected.pt``.
+            name: artifact name (letters, digits, ``_.-``); default ``model-<W&B run id>``, so the selected and
+                final weights of one run are versions of one artifact told apart by their aliases.
+            aliases: e.g. ``["selected"]`` or ``["final"]`` (W&B adds ``latest``).
+            metadata: JSON-able facts stored with the artifact (config, metrics); NaN/inf become null.
+
+        Returns:
+            The artifact name, or ``None`` when nothing was logged (rank != 0, W&B off or failed).
+
+        Raises:
+            ValueError: invalid ``name`` or alias; FileNotFoundError: ``path`` missing on rank 0.
+        """
+        if name is not None:
+            check_artifact_name(name)
+        for alias in aliases:
+            check_artifact_name(alias)
+        meta = json_safe(_scalar(dict(metadata or {})))
+        if not self.active:
+            return None
+        self._check_open()
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"log_model: {path} is not a file")
+        if self._wb is None:
+            return None
+        name = name or f"model-{self._wb.run.id}"
+        self._wb.log_model(path, name, list(aliases), meta)
+        return name
+
+    def log_summary(self, values: Mapping[str, Any]) -> None:
+        """Set W&B run summary values without a history row, e.g. ``{"selected/val_brain/ssim": 0.91}``.
+
+        ``metrics.jsonl`` is not touched (it holds history rows only). No-op on other ranks or without W&B.
+        """
+        data = json_safe(_scalar(dict(values)))
+        if self.active and self._wb is not None:
+            self._check_open()
+            self._wb.log_summary(data)
 
     def truncate_after(self, step: int) -> int:
         """Drop ``metrics.jsonl`` rows with ``step`` greater than ``step``; returns how many were dropped.
@@ -417,17 +385,7 @@ class Tracker:
         self.flush()
         self._file.close()
         self._finished = True
-        if self._run is None:
-            return None
-        sync_dir = self.wandb_dir
-        self._wandb_call(self._run.finish, exit_code=exit_code)
-        if self._errors > 1:
-            warnings.warn(f"{self._errors} W&B calls failed during this run", RuntimeWarning, stacklevel=2)
-        if self.mode != "offline":
-            return None
-        command = f"wandb sync {shlex.quote(str(sync_dir))}"
-        print(f"W&B run saved offline; upload it with:\n  {command}", flush=True)
-        return command
+        return self._wb.finish(exit_code) if self._wb is not None else None
 
     def __enter__(self) -> Tracker:
         return self

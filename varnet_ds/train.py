@@ -16,18 +16,59 @@ import sys
 from typing import List, Optional
 
 
+def _known_key(key: str) -> bool:
+    """Whether dotted ``key`` names a key of the config schema (lists are set whole: ``a.b=[1,2]``)."""
+    from omegaconf import OmegaConf
+
+    from varnet_ds.config import Config
+
+    node = OmegaConf.to_container(OmegaConf.structured(Config), resolve=False)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Parse the command line; ``args.overrides`` is the OmegaConf dotlist (``key=value`` strings).
+
+    Overrides come as ``a.b=value`` or as ``--a.b=value`` (what ``wandb agent`` passes for a sweep's
+    parameters, see ``launch/sweep.yaml``). Under a W&B sweep agent (``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID``
+    set) without an explicit ``run.out_dir``, each run gets its own folder ``runs/sweep-<sweep>/<run id>``
+    (otherwise every sweep run would resume the previous one's checkpoint).
+
+    Raises:
+        SystemExit: exit code 2, naming the argument, for anything that is neither an option nor key=value.
+    """
     parser = argparse.ArgumentParser(
         description="Train fastMRI's E2E VarNet under DeepSpeed (knee -> brain transfer study).",
-        epilog="Trailing key=value pairs override the config (OmegaConf dotlist), e.g. train.epochs=10",
+        epilog="Trailing key=value (or --key=value, as wandb agent passes them) pairs override the config "
+               "(OmegaConf dotlist), e.g. train.epochs=10 --train.lr=0.0003",
+        allow_abbrev=False,  # --conf=... must not silently mean --config
     )
     parser.add_argument("--ds_config", "--deepspeed_config", dest="ds_config", default="ds_configs/zero2.json",
                         help="DeepSpeed JSON (ZeRO stage, buckets); batch size/accumulation come from our config")
     parser.add_argument("--config", default=None, help="YAML config (e.g. varnet_ds/conf/baseline.yaml or 'demo')")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help="set by the deepspeed launcher; LOCAL_RANK in the environment wins")
-    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
-    return parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value or --key=value")
+    options = {o for action in parser._actions for o in action.option_strings}
+    tokens = [t[2:] if t.startswith("--") and "=" in t and t.split("=", 1)[0] not in options else t
+              for t in (sys.argv[1:] if argv is None else argv)]  # --a.b=value -> a.b=value, order kept
+    args = parser.parse_intermixed_args(tokens)
+    overrides = list(args.overrides)
+    for override in overrides:
+        if "=" not in override:
+            parser.error(f"override {override!r} is not key=value")
+        key = override.split("=", 1)[0]
+        if not _known_key(key):
+            parser.error(f"unknown config key {key!r} (in {override!r}); see varnet_ds/config.py for the keys")
+    sweep, run_id = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    if sweep and run_id and not any(o.split("=", 1)[0] == "run.out_dir" for o in overrides):
+        overrides.append(f"run.out_dir=runs/sweep-{sweep}/{run_id}")
+    args.overrides = overrides
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -36,17 +77,18 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    bad = [o for o in args.overrides if "=" not in o]
+    from varnet_ds.exits import EXIT_BAD_DATA, EXIT_USAGE
+
     try:
-        if bad:
-            raise ConfigError(f"override {bad[0]!r} is not key=value")
         cfg = load_config(args.config, args.overrides)
+        from varnet_ds.config import check_rerun_config
         from varnet_ds.distributed import load_ds_config
 
         load_ds_config(args.ds_config, cfg.data.batch_size, cfg.train.grad_accum)  # fail before any process group
+        check_rerun_config(cfg, os.path.join(cfg.run.out_dir, "config.yaml"))  # a run folder holding another run
     except ConfigError as err:
         print(f"varnet_ds: config error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if "OMP_NUM_THREADS" in os.environ:
         import torch
 
@@ -61,11 +103,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     dist = init_distributed()
     try:
         return Trainer(cfg, args.ds_config, dist).fit()
-    except (DataError, CheckpointError, ConfigError, FileNotFoundError, FloatingPointError, ValueError,
-            PlannerError) as err:
-        kind = type(err).__name__
-        print(f"varnet_ds [rank {dist.rank}]: {kind}: {err}", file=sys.stderr, flush=True)
-        return 2
+    except (DataError, FloatingPointError) as err:  # the data (or what it does to the loss) is bad
+        print(f"varnet_ds [rank {dist.rank}]: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return EXIT_BAD_DATA
+    except (CheckpointError, ConfigError, FileNotFoundError, ValueError, PlannerError) as err:
+        print(f"varnet_ds [rank {dist.rank}]: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

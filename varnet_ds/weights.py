@@ -166,3 +166,13 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False)")
     return dev
+
+
+def load_init_weights(model: torch.nn.Module, path: str) -> None:
+    """``train.init_weights``: load a ``model_fp32.pt`` (ours), a ``zero_to_fp32.py`` output or a plain VarNet
+    state_dict into ``model`` (strict; a size mismatch names the key)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"train.init_weights = {path}: file not found")
+    state, _ = read_weights(path)
+    check_state_dict(state, model, f"train.init_weights = {path}")
+    model.load_state_dict(state, strict=True)

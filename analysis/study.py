@@ -1,0 +1,248 @@
+"""Report of a multi-seed study (e.g. knee-trained VarNet with and without MRAugment, transferred to brain).
+
+Usage::
+
+    python analysis/study.py runs/<study> [--out DIR] [--readme README.md] [--figure-dir docs]
+
+reads the study folder written by ``python -m varnet_ds.study`` (``study.yaml`` and one finished run folder
+``<arm>-s<seed>`` per arm x seed) and writes into DIR (default ``runs/<study>/report``): ``study.json`` (per-seed
+means per arm, seed-paired contrasts with hierarchical bootstrap intervals and Wilcoxon p-values, the methods),
+``per_volume.csv`` (every per-volume row of every run), ``study_seeds.png`` and ``study.md``. ``--readme FILE``
+rewrites the lines between ``<!-- study-results:start -->`` and ``<!-- study-results:end -->`` of FILE with a
+summary taken from ``study.json``; ``--figure-dir DIR`` copies the figure there and links that copy. Reads files
+only; never imports the training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+try:
+    import analysis  # noqa: F401
+except ModuleNotFoundError:  # run as a script (python analysis/study.py): make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.runs import METRICS, CompareError
+from analysis.study_load import CHECKPOINTS, STUDY_SPLITS, Study, load_study, selected_epoch
+from analysis.study_report import (
+    README_END,
+    README_START,
+    arm_key,
+    plot_seeds,
+    render_readme_block,
+    render_study_md,
+    replace_block,
+)
+from analysis.study_stats import BOOTSTRAP_SEED, N_RESAMPLES, contrast_method, contrast_records, seed_mean
+
+PER_VOLUME_COLUMNS = ("arm", "seed", "checkpoint", "split", "fname", "acquisition", "acceleration", "ssim", "psnr",
+                      "nmse")
+OUTPUT_FILES = ("study.json", "per_volume.csv", "study_seeds.png", "study.md")
+FIGURE = "study_seeds.png"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name in the same folder, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by ``None`` (for ``json.dumps(allow_nan=False)``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def methods(n_resamples: int, seed: int) -> Dict[str, str]:
+    """The ``methods`` section of ``study.json``."""
+    return {
+        "per_seed_mean": "for each run <arm>-s<seed>, checkpoint and split: the mean of the metric over all rows "
+                         "(volume x acceleration) of its per-volume table (= per_volume.csv rows of that arm, seed, "
+                         "checkpoint and split); arms list these per seed; tables show mean and sd (ddof=1) over "
+                         "seeds.",
+        "checkpoints": "selected = weights of the evaluation with the best knee validation SSIM (selected.json of "
+                       "each run, its 'epoch' is selected_epoch); final = weights after the last epoch. The primary "
+                       "result is the selected checkpoint, group 'all'.",
+        "contrast": contrast_method(n_resamples, seed),
+        "groups": "'all' = every shared volume; 'acquisition=X' = rows of that acquisition only; 'acceleration=K' "
+                  "= rows of that acceleration only (Δ at that acceleration); a breakdown is listed only when its "
+                  "factor has more than one level in the reference arm's rows.",
+    }
+
+
+def arm_summary(study: Study, arm: str) -> Dict[str, Any]:
+    """``study.json``'s entry of one arm: seeds, run folders, per-seed means per split/metric/checkpoint."""
+    runs = [study.runs[(arm, s)] for s in study.seeds]
+    out: Dict[str, Any] = {"seeds": list(study.seeds), "runs": [r.name for r in runs]}
+    for split in STUDY_SPLITS:
+        for metric in METRICS:
+            out[arm_key(split, metric)] = {ckpt: [seed_mean(r.tables[(ckpt, split)], metric) for r in runs]
+                                           for ckpt in CHECKPOINTS}
+    out["selected_epoch"] = [selected_epoch(r) for r in runs]
+    return out
+
+
+def study_summary(study: Study, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Dict[str, Any]:
+    """The ``study.json`` mapping (floats may be NaN; see :func:`strict_json`)."""
+    contrasts: List[Dict[str, Any]] = []
+    for ckpt in CHECKPOINTS:
+        for split in STUDY_SPLITS:
+            ref = study.tables(study.reference, ckpt, split)
+            for arm in study.arm_order()[1:]:
+                contrasts += contrast_records(arm, study.reference, split, ckpt, ref, study.tables(arm, ckpt, split),
+                                              METRICS, n_resamples=n_resamples, seed=seed)
+    return {"study": study.name, "primary": "selected", "reference": study.reference, "device": study.device,
+            "generated": dt.datetime.now(dt.timezone.utc).date().isoformat(),
+            "methods": methods(n_resamples, seed),
+            "arms": {arm: arm_summary(study, arm) for arm in study.arm_order()}, "contrasts": contrasts}
+
+
+def per_volume_rows(study: Study) -> List[List[Any]]:
+    """Every row of every run's four per-volume tables, as :data:`PER_VOLUME_COLUMNS`."""
+    rows = []
+    for run in study.ordered_runs():
+        for ckpt in CHECKPOINTS:
+            for split in STUDY_SPLITS:
+                rows += [[run.arm, run.seed, ckpt, split, v.fname, v.acquisition, v.acceleration, v.ssim, v.psnr,
+                          v.nmse] for v in run.tables[(ckpt, split)]]
+    return rows
+
+
+def write_per_volume(path: Path, rows: Sequence[Sequence[Any]]) -> None:
+    """``per_volume.csv`` (floats with full precision: ``repr`` round-trips), written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(PER_VOLUME_COLUMNS)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def build_study_report(study_dir: Path | str, out_dir: Path | str | None = None, *, n_resamples: int = N_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> Path:
+    """Load a study folder and write ``study.json``, ``per_volume.csv``, ``study_seeds.png`` and ``study.md``.
+
+    Args:
+        study_dir: the study folder (with ``study.yaml``).
+        out_dir: output folder (default ``<study_dir>/report``; created).
+        n_resamples: bootstrap resamples of each contrast interval.
+        seed: seed of the bootstrap generator.
+
+    Returns:
+        Path of ``study.json``.
+
+    Raises:
+        CompareError: bad or incomplete study folder (see :func:`analysis.study_load.load_study`).
+    """
+    study = load_study(study_dir)
+    out = Path(out_dir) if out_dir is not None else Path(study_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = strict_json(study_summary(study, n_resamples, seed))
+    write_per_volume(out / "per_volume.csv", per_volume_rows(study))
+    plot_seeds(summary, out / FIGURE)
+    atomic_write_text(out / "study.md", render_study_md(summary))
+    json_path = out / "study.json"
+    atomic_write_text(json_path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return json_path
+
+
+def check_readme(readme: Path) -> str:
+    """The README's text, after checking that it has the result markers.
+
+    Raises:
+        CompareError: the file is missing or lacks the markers (naming the file).
+    """
+    if not readme.is_file():
+        raise CompareError(f"README file not found: {readme}")
+    text = readme.read_text(encoding="utf-8")
+    try:
+        replace_block(text, "", str(readme))
+    except ValueError as err:
+        raise CompareError(str(err)) from None
+    return text
+
+
+def _rel(target: Path, start: Path) -> str:
+    return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
+
+
+def update_readme(readme: Path | str, study_json: Path | str, figure_dir: Path | str | None = None) -> Path:
+    """Rewrite the README's results block from ``study.json`` (only the lines between the markers change).
+
+    Args:
+        readme: the markdown file with the :data:`README_START` / :data:`README_END` lines.
+        study_json: path of ``study.json`` (its folder holds ``study_seeds.png``).
+        figure_dir: when given, ``study_seeds.png`` is copied there and the block links the copy.
+
+    Returns:
+        Path of the figure the block links.
+
+    Raises:
+        CompareError: missing README, missing markers (nothing is written then) or unreadable ``study.json``.
+    """
+    readme, study_json = Path(readme), Path(study_json)
+    text = check_readme(readme)
+    try:
+        summary = json.loads(study_json.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CompareError(f"cannot read {study_json}: {err}") from None
+    figure = study_json.parent / FIGURE
+    if figure_dir is not None:
+        target_dir = Path(figure_dir)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / FIGURE
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        shutil.copyfile(figure, tmp)
+        os.replace(tmp, target)
+        figure = target
+    block = render_readme_block(summary, _rel(figure, readme.parent), _rel(study_json, readme.parent))
+    atomic_write_text(readme, replace_block(text, block, str(readme)))
+    return figure
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(prog="study.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("study_dir", type=Path, help="study folder (with study.yaml)")
+    parser.add_argument("--out", type=Path, help="output folder (default: STUDY_DIR/report)")
+    parser.add_argument("--readme", type=Path, help=f"rewrite the block between {README_START} and {README_END}")
+    parser.add_argument("--figure-dir", type=Path, help="copy study_seeds.png here and link it from the README")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry; returns the exit status (2 on bad input, with a one-line reason on stderr)."""
+    args = parse_args(argv)
+    try:
+        if args.figure_dir is not None and args.readme is None:
+            raise CompareError("--figure-dir needs --readme FILE")
+        if args.readme is not None:
+            check_readme(args.readme)  # refuse before writing anything
+        json_path = build_study_report(args.study_dir, args.out)
+        print(f"study report: {json_path}\n              {json_path.with_name('study.md')}")
+        if args.readme is not None:
+            figure = update_readme(args.readme, json_path, args.figure_dir)
+            print(f"README block: {args.readme} (figure {figure})")
+    except CompareError as err:
+        print(f"study.py: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""A W&B Report of one study (arms x seeds), built with wandb-workspaces (``wandb_workspaces.reports.v2``).
+
+    python analysis/wandb_report.py --entity E --project P --study NAME [--runs-dir runs] [--dry-run report.json]
+
+Reads ``RUNS/NAME/report/study.json`` (written by ``analysis/study.py``) or, without it, the run folders
+``RUNS/NAME/*/`` (``config.yaml`` + ``metrics.jsonl``). The report: the study summary (primary contrast: mean,
+95 % interval, p-value, seed noise), a panel grid whose run set is the W&B group NAME grouped by ``run.arm``
+(line plots of knee val SSIM, brain SSIM and brain PSNR against ``trainer/epoch`` and the training loss against
+``trainer/step``, mean and band over seeds; never W&B's ``_step``), a run comparer, a media browser of the brain
+reconstruction panels, and a table of the selected and final metrics per arm.
+
+Online it saves the report and prints its URL; when W&B does not know the study's runs yet it prints the
+``wandb sync`` command for the runs' offline folders and exits 1. ``--dry-run FILE`` writes the report's spec
+JSON (the view W&B would store) without network or API key. Bad input (unknown study, no runs, a study name
+W&B's run filter cannot express) exits 2 with one line naming it. Keys are the tracker's
+(``varnet_ds.tracking``): ``{split}/{metric}``, ``{split}/images/{panel}``, ``trainer/epoch``, ``trainer/step``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.runs import CompareError, cfg_get, parse_metrics, read_config  # noqa: E402
+
+STEP_KEY, EPOCH_KEY = "trainer/step", "trainer/epoch"
+EPOCH_PLOTS = (("Knee validation SSIM", "val_knee/ssim"), ("Brain (transfer) SSIM", "val_brain/ssim"),
+               ("Brain (transfer) PSNR", "val_brain/psnr"))
+STEP_PLOTS = (("Training loss (1 - SSIM)", "train/loss"),)
+MEDIA_KEYS = tuple(f"val_brain/images/{p}" for p in ("zero_filled", "reconstruction", "target", "error"))
+ARM_KEY = "config.run.arm"  # runs are grouped by the config key run.arm
+TABLE_COLUMNS = tuple(f"summary:{k}" for k in (
+    "selected/val_knee/ssim", "selected/val_brain/ssim", "val_knee/ssim", "val_brain/ssim", "val_knee/ssim_max",
+    "val_brain/ssim_max", "val_brain/psnr"))
+# = varnet_ds.wandb_run._GROUP_RE (tests check both agree): safe inside W&B's quoted run-filter values.
+_GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=:@-]{0,127}")
+
+
+class ReportError(Exception):
+    """A problem the user must fix; ``code`` is the exit status (2 bad input, 1 W&B not ready)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class StudyRun:
+    """One run folder of the study: its arm, seed, W&B folders and selected/final overall val metrics."""
+
+    folder: Path
+    arm: str
+    seed: Optional[int]
+    wandb_dirs: List[Path]
+    final: Dict[str, float] = field(default_factory=dict)  # "val_knee/ssim" -> value at the last evaluation
+    selected: Dict[str, float] = field(default_factory=dict)  # ... at the evaluation selected.json names
+
+
+@dataclass
+class Study:
+    """What the report is built from: the name (= W&B group), ``study.json`` if present, the run folders."""
+
+    name: str
+    folder: Path
+    summary: Optional[Dict[str, Any]]
+    runs: List[StudyRun]
+
+
+def _run_from_folder(folder: Path) -> StudyRun:
+    config = read_config(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+    arm = cfg_get(config, "run.arm") or cfg_get(config, "log.wandb.job_type") or folder.name
+    rows = [r for r in parse_metrics(folder / "metrics.jsonl", []) if r["split"].startswith("val_")
+            and r.get("acquisition") is None and r.get("acceleration") is None]
+    run = StudyRun(folder, str(arm), cfg_get(config, "run.seed"), sorted(folder.glob("wandb/*run-*")))
+    selected_step = None
+    if (folder / "selected.json").is_file():
+        selected_step = json.loads((folder / "selected.json").read_text(encoding="utf-8")).get("step")
+    for row in rows:
+        for metric in ("ssim", "psnr"):
+            key = f"{row['split']}/{metric}"
+            if isinstance(row.get(metric), (int, float)) and not math.isnan(row[metric]):
+                run.final[key] = float(row[metric])
+                if row["step"] == selected_step:
+                    run.selected[key] = float(row[metric])
+    return run
+
+
+def load_study(runs_dir: Path, name: str) -> Study:
+    """The study ``runs_dir/name``.
+
+    Raises:
+        ReportError: malformed name, no such folder, no runs, or an unreadable ``study.json`` / run folder.
+    """
+    if not _GROUP_RE.fullmatch(name):
+        raise ReportError(f"study name {name!r} cannot be a W&B group (use letters, digits, _ . + = : @ -)")
+    folder = runs_dir / name
+    if not folder.is_dir():
+        raise ReportError(f"unknown study {name!r}: no folder {folder}")
+    summary = None
+    study_json = folder / "report" / "study.json"
+    if study_json.is_file():
+        try:
+            summary = json.loads(study_json.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ReportError(f"{study_json}: invalid JSON ({err})") from None
+        if not isinstance(summary, dict) or not isinstance(summary.get("arms"), dict):
+            raise ReportError(f"{study_json}: expected an object with 'arms'")
+    try:
+        runs = [_run_from_folder(p.parent) for p in sorted(folder.glob("*/metrics.jsonl"))]
+    except (CompareError, OSError, ValueError) as err:
+        raise ReportError(str(err).splitlines()[0]) from None
+    listed = [r for arm in (summary or {}).get("arms", {}).values() if isinstance(arm, dict)
+              for r in arm.get("runs", [])]
+    if not runs and not listed:
+        raise ReportError(f"study {name!r} has no runs: no {folder}/*/metrics.jsonl and no runs in study.json")
+    return Study(name, folder, summary, runs)
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _p(value: Any) -> str:
+    return "n/a" if not isinstance(value, (int, float)) else (f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}")
+
+
+def summary_markdown(study: Study) -> str:
+    """The study summary: arms and seeds, then the primary contrast (or where to get it)."""
+    s = study.summary
+    arms: Dict[str, List[Any]] = {}
+    if s:
+        arms = {a: list(v.get("seeds", [])) for a, v in s["arms"].items()}
+    else:
+        for run in study.runs:
+            arms.setdefault(run.arm, []).append(run.seed)
+    lines = [f"Study **{study.name}** (W&B group `{study.name}`): "
+             + ", ".join(f"{a} ({len(seeds)} seed{'s' * (len(seeds) != 1)})" for a, seeds in sorted(arms.items()))
+             + "."]
+    if not s:
+        lines.append(f"No `{study.folder}/report/study.json` yet: run `analysis/study.py` for the contrasts.")
+        return "\n\n".join(lines)
+    checkpoint = s.get("primary", "selected")
+    primary = [c for c in s.get("contrasts", []) if c.get("split") == "val_brain" and c.get("metric") == "ssim"
+               and c.get("checkpoint") == checkpoint and c.get("group") == "all"]
+    if s.get("device"):
+        lines.append(f"Device: {s['device']}.")
+    for c in primary or []:
+        lines.append(
+            f"**Primary contrast: {c.get('arm')} - {c.get('reference')}, brain (transfer) SSIM, {checkpoint} "
+            f"checkpoint:** mean {_num(c.get('mean'))}, 95 % interval [{_num(c.get('ci_low'))}, "
+            f"{_num(c.get('ci_high'))}], p = {_p(c.get('p_value'))} ({c.get('n_seeds', '?')} seeds x "
+            f"{c.get('n_volumes', '?')} volumes; seed noise SD {_num(c.get('noise_floor_sd'))}; {c.get('method', '')})")
+    if not primary:
+        lines.append(f"study.json has no primary contrast (val_brain ssim, {checkpoint}, group all).")
+    return "\n\n".join(lines)
+
+
+def _mean_sd(values: Sequence[Any]) -> str:
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return "n/a"
+    return _num(vals[0]) if len(vals) == 1 else f"{_num(statistics.mean(vals))} ± {_num(statistics.stdev(vals))}"
+
+
+def metrics_table_markdown(study: Study) -> str:
+    """Selected and final knee/brain SSIM per arm (mean ± SD over seeds), from study.json or the run folders."""
+    header = ("| arm | seeds | knee SSIM selected | knee SSIM final | brain SSIM selected | brain SSIM final |\n"
+              "|---|---:|---:|---:|---:|---:|")
+    rows = []
+    if study.summary:
+        for arm, a in sorted(study.summary["arms"].items()):
+            cells = [_mean_sd((a.get(f"{anat}_ssim") or {}).get(ckpt, [])) for anat in ("knee", "brain")
+                     for ckpt in ("selected", "final")]
+            rows.append(f"| {arm} | {len(a.get('seeds', []))} | " + " | ".join(cells) + " |")
+    else:
+        for arm in sorted({r.arm for r in study.runs}):
+            runs = [r for r in study.runs if r.arm == arm]
+            cells = [_mean_sd([getattr(r, ckpt).get(f"{split}/ssim") for r in runs])
+                     for split in ("val_knee", "val_brain") for ckpt in ("selected", "final")]
+            rows.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join([header, *rows])
+
+
+def build_report(study: Study, entity: str, project: str) -> Any:
+    """The ``wandb_workspaces.reports.v2.Report`` of ``study`` (not saved)."""
+    import wandb_workspaces.reports.v2 as wr
+    from wandb_workspaces import expr
+
+    runset = wr.Runset(entity=entity, project=project, name=study.name, groupby=[ARM_KEY],
+                       filters=[expr.Metric("Group") == study.name], visible_columns=list(TABLE_COLUMNS))
+    band = dict(groupby=ARM_KEY, groupby_aggfunc="mean", groupby_rangefunc="stddev")
+    panels: List[Any] = [wr.LinePlot(title=title, x=EPOCH_KEY, y=[key], title_x="epoch", layout=wr.Layout(
+        x=8 * (i % 3), y=0, w=8, h=6), **band) for i, (title, key) in enumerate(EPOCH_PLOTS)]
+    panels += [wr.LinePlot(title=title, x=STEP_KEY, y=[key], title_x="optimizer step", smoothing_factor=0.6,
+                           layout=wr.Layout(x=0, y=6, w=12, h=6), **band) for title, key in STEP_PLOTS]
+    panels += [wr.RunComparer(diff_only="split", layout=wr.Layout(x=12, y=6, w=12, h=6)),
+               wr.MediaBrowser(title="Brain reconstructions", media_keys=list(MEDIA_KEYS), num_columns=4,
+                               layout=wr.Layout(x=0, y=12, w=24, h=8))]
+    blocks = [wr.MarkdownBlock(text=summary_markdown(study)), wr.H2(text="Validation and training curves"),
+              wr.PanelGrid(runsets=[runset], panels=panels), wr.H2(text="Selected and final metrics"),
+              wr.MarkdownBlock(text=metrics_table_markdown(study))]
+    return wr.Report(project=project, entity=entity, title=f"{study.name}: knee -> brain study"[:128],
+                     description=f"Arms x seeds of the W&B group {study.name}", blocks=blocks)
+
+
+@contextlib.contextmanager
+def offline_lookup() -> Iterator[None]:
+    """Answer wandb-workspaces' one project-id lookup locally and refuse every other W&B request."""
+    from wandb_workspaces.reports.v2 import gql, interface
+
+    def execute(api: Any, query: str, variables: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+        if query == gql.projectInternalId:
+            return {"project": {"internalId": "dry-run"}}
+        raise RuntimeError("dry run: no W&B request allowed")
+
+    saved = interface.execute_graphql, interface._get_api
+    interface.execute_graphql, interface._get_api = execute, lambda: None
+    try:
+        yield
+    finally:
+        interface.execute_graphql, interface._get_api = saved
+
+
+def report_spec(report: Any) -> Dict[str, Any]:
+    """The report's view JSON (what ``Report.save`` sends, with its metadata), built without network."""
+    with offline_lookup():
+        return report._to_model().model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def spec_to_report(spec: Mapping[str, Any]) -> Any:
+    """The ``Report`` object of a spec written by :func:`report_spec`."""
+    from wandb_workspaces.reports.v2 import interface, internal
+
+    return interface.Report._from_model(internal.ReportViewspec.model_validate(dict(spec)))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sync_hint(study: Study) -> str:
+    dirs = [str(d) for r in study.runs for d in r.wandb_dirs]
+    return f"wandb sync {' '.join(dirs)}" if dirs else f"wandb sync {study.folder}/*/wandb/offline-run-*"
+
+
+def save_online(report: Any, study: Study, entity: str, project: str) -> str:
+    """Check that W&B knows the study's runs, save the report, return its URL.
+
+    Raises:
+        ReportError: (code 1) not logged in, W&B unreachable, or the project / group's runs not found.
+    """
+    import wandb
+
+    try:
+        api = wandb.Api()
+    except Exception as err:
+        raise ReportError(f"cannot use the W&B API ({str(err).splitlines()[0]}); run `wandb login`", 1) from None
+    try:
+        found = len(api.runs(f"{entity}/{project}", filters={"group": study.name}, per_page=1))
+    except Exception as err:
+        if "not found" not in str(err).lower() and "could not find" not in str(err).lower():
+            raise ReportError(f"cannot query W&B for {entity}/{project} ({str(err).splitlines()[0]})", 1) from None
+        found = 0
+    if not found:
+        raise ReportError(f"W&B has no runs of group {study.name!r} in {entity}/{project}: upload them first "
+                          f"with: {_sync_hint(study)}", 1)
+    try:
+        report.save()
+        return str(report.url)
+    except Exception as err:
+        raise ReportError(f"saving the report failed ({str(err).splitlines()[0]})", 1) from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entity", required=True, help="W&B entity (user or team)")
+    parser.add_argument("--project", required=True, help="W&B project of the runs")
+    parser.add_argument("--study", required=True, help="study name: runs/<study>/ and the W&B group")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="folder holding the study folder")
+    parser.add_argument("--dry-run", type=Path, default=None, metavar="FILE",
+                        help="write the report spec JSON to FILE; no network, no API key")
+    args = parser.parse_args(argv)
+    try:
+        study = load_study(args.runs_dir, args.study)
+        report = build_report(study, args.entity, args.project)
+        if args.dry_run is not None:
+            write_json_atomic(args.dry_run, report_spec(report))
+            print(f"report spec: {args.dry_run}")
+        else:
+            print(f"report: {save_online(report, study, args.entity, args.project)}")
+    except ReportError as err:
+        print(f"wandb_report: {err}", file=sys.stderr)
+        return err.code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

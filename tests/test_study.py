@@ -1,0 +1,139 @@
+"""The study runner (python -m varnet_ds.study): refusals before any run, run layout, skip and resume, analysis."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+
+import pytest
+import yaml
+from trainrun import ROOT, TINY, env
+
+from varnet_ds.config import load_config, save_config
+from varnet_ds.study import StudySpec, main, merge_saved, plan_runs
+
+
+def _common(synth_dirs):
+    sets = [*TINY, f"data.train_path={synth_dirs['train']}", f"data.val_path={synth_dirs['val']}",
+            f"data.transfer_path={synth_dirs['brain']}", "data.num_workers=0", "log.progress=false",
+            "log.wandb.mode=disabled", "eval.every_epochs=1", "data.max_val_volumes=2"]
+    return [a for s in sets for a in ("--set", s)]
+
+
+def _spec(**kw):
+    base = dict(study="s", config="demo", ds_config="ds_configs/zero2.json", seeds=[1, 2],
+                arms={"baseline": ["aug.enabled=false"], "mraugment": ["aug.enabled=true"]}, reference="baseline")
+    base.update(kw)
+    return StudySpec(**base)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "1", "1", "--arm", "a", "aug.enabled=false"], "duplicate seed(s) [1]"),
+    (["--seeds", "1"], "no arms"),
+    (["--seeds", "1", "--arm", "a", "aug.enabld=true"], "aug.enabld"),
+    (["--seeds", "1", "--arm", "a", "--set", "train.epochz=3"], "train.epochz"),
+    (["--seeds", "1", "--arm", "a", "aug.enabled"], "'aug.enabled' is not key=value"),
+    (["--seeds", "1", "--arm", "a", "run.seed=3"], "run.seed is set by the study runner"),
+    (["--seeds", "1", "--arm", "a", "--arm", "a"], "--arm 'a' given twice"),
+    (["--seeds", "1", "--arm", "a", "--reference", "b"], "--reference 'b' is not an arm"),
+    (["--seeds", "1", "--arm", "a b"], "--arm 'a b'"),
+])
+def test_bad_study_refused_before_any_run(tmp_path, capsys, argv, message):
+    code = main(["--name", "bad", "--runs-dir", str(tmp_path), "--config", "demo", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # nothing written, nothing started
+
+
+def test_runs_are_arm_seed_folders_with_paired_seeds(tmp_path):
+    runs = plan_runs(_spec(), tmp_path)
+    assert [r.name for r in runs] == ["baseline-s1", "baseline-s2", "mraugment-s1", "mraugment-s2"]
+    cfgs = [load_config("demo", r.overrides) for r in runs]
+    assert [c.run.seed for c in cfgs] == [1, 2, 1, 2]
+    assert [c.aug.enabled for c in cfgs] == [False, False, True, True]
+    assert {c.log.wandb.group for c in cfgs} == {"s"}
+    assert [c.run.arm for c in cfgs] == ["baseline", "baseline", "mraugment", "mraugment"]
+    assert cfgs[2].run.out_dir == str(tmp_path / "s" / "mraugment-s1")
+    assert [r.name for r in plan_runs(_spec(reference="mraugment"), tmp_path)][0] == "mraugment-s1"
+
+
+def test_run_folder_with_another_config_refused_naming_keys(tmp_path, capsys):
+    runs = plan_runs(_spec(), tmp_path)
+    cfg = load_config("demo", [*runs[0].overrides[:-6], "aug.enabled=true", *runs[0].overrides[-6:]])
+    runs[0].out_dir.mkdir(parents=True)
+    save_config(cfg, runs[0].out_dir / "config.yaml")  # a baseline folder that holds an augmented run
+    code = main(["--name", "s", "--runs-dir", str(tmp_path), "--config", "demo", "--seeds", "1", "2",
+                 "--arm", "baseline", "aug.enabled=false", "--arm", "mraugment", "aug.enabled=true"])
+    err = capsys.readouterr().err
+    assert code == 2 and "baseline-s1" in err and "aug.enabled: True -> False" in err
+    assert not (tmp_path / "s" / "study.yaml").exists()
+
+
+def test_study_file_may_grow_but_not_change(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(vars(_spec(overrides=["train.lr=0.001", "train.epochs=2"]))))
+    grown = merge_saved(_spec(seeds=[3], arms={"low": ["data.volume_sample_rate=0.5"]},
+                              overrides=["train.lr=0.001", "train.epochs=4"]), path)
+    assert grown.seeds == [1, 2, 3] and list(grown.arms) == ["baseline", "mraugment", "low"]
+    assert grown.overrides == ["train.lr=0.001", "train.epochs=4"]
+    with pytest.raises(ValueError, match="arm mraugment"):
+        merge_saved(_spec(arms={"mraugment": ["aug.enabled=true", "aug.p_max=0.3"]},
+                          overrides=["train.lr=0.001", "train.epochs=2"]), path)
+    with pytest.raises(ValueError, match="--set overrides"):
+        merge_saved(_spec(overrides=["train.lr=0.01", "train.epochs=2"]), path)
+    assert merge_saved(_spec(seeds=[], arms={}), path).seeds == [1, 2]  # `--name s` alone reruns the study
+
+
+def _study(tmp_path, synth_dirs, *extra):
+    cmd = [sys.executable, "-m", "varnet_ds.study", "--name", "tiny", "--runs-dir", str(tmp_path), "--config",
+           "demo", "--seeds", "5", "--arm", "baseline", "aug.enabled=false", "--arm", "mraugment",
+           "aug.enabled=true", "--parallel", "2", *_common(synth_dirs), *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=400)
+
+
+def test_study_runs_skips_and_resumes(tmp_path, synth_dirs):
+    first = _study(tmp_path, synth_dirs, "--set", "train.max_steps=3")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    study = tmp_path / "tiny"
+    spec = yaml.safe_load((study / "study.yaml").read_text())
+    assert spec["seeds"] == [5] and spec["arms"]["mraugment"] == ["aug.enabled=true"] and spec["device"]
+    for run in ("baseline-s5", "mraugment-s5"):
+        assert (study / run / "model_selected.pt").is_file() and (study / run / "selected.json").is_file()
+        assert (study / run / "val_brain_per_volume_selected.csv").is_file()
+    report = json.loads((study / "report" / "study.json").read_text())
+    assert set(report["arms"]) == {"baseline", "mraugment"} and report["primary"] == "selected"
+    assert (study / "report" / "per_volume.csv").is_file()
+    stamp = (study / "baseline-s5" / "metrics.jsonl").stat().st_mtime_ns
+
+    again = _study(tmp_path, synth_dirs, "--set", "train.max_steps=3")
+    assert again.returncode == 0 and "2 finished" in again.stdout and "start " not in again.stdout
+    assert (study / "baseline-s5" / "metrics.jsonl").stat().st_mtime_ns == stamp  # finished runs untouched
+
+    longer = _study(tmp_path, synth_dirs, "--set", "train.max_steps=5", "--no-analysis")
+    assert longer.returncode == 0, longer.stdout[-3000:]
+    assert "0 finished" in longer.stdout
+    log = (study / "baseline-s5" / "train.log").read_text()
+    assert "resumed from" in log  # continued from the checkpoint, not restarted
+    steps = [json.loads(x)["step"] for x in (study / "baseline-s5" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["split"] == "train"]
+    assert steps == [1, 2, 3, 4, 5]  # every step logged once across the two invocations
+
+
+def test_slurm_array_element_gets_its_run(tmp_path, capsys):
+    base = ["--name", "arr", "--runs-dir", str(tmp_path)]
+    assert main([*base, "--config", "demo", "--seeds", "1", "2", "--arm", "baseline", "aug.enabled=false",
+                 "--arm", "mraugment", "aug.enabled=true", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "sbatch --array=0-3 launch/slurm.sbatch --study arr" in out and "3  mraugment-s2" in out
+    assert main([*base, "--run-args", "3"]) == 0  # the recorded study, as an array element runs it
+    argv = shlex.split(capsys.readouterr().out)
+    from varnet_ds.train import parse_args
+
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    assert (cfg.run.seed, cfg.run.arm, cfg.aug.enabled) == (2, "mraugment", True)
+    assert cfg.run.out_dir == str(tmp_path / "arr" / "mraugment-s2") and cfg.log.wandb.group == "arr"
+    assert main([*base, "--run-args", "4"]) == 2
+    assert "runs 0..3" in capsys.readouterr().err

@@ -1,0 +1,55 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never a torn one.
+
+Usage:
+    with atomic_path(run_dir / "model_selected.pt") as tmp:
+        torch.save(payload, tmp)
+    atomic_write_text(run_dir / "selected.json", json.dumps(meta))
+
+The temporary file lives in the destination's folder (same file system, so the final ``os.replace`` is atomic),
+is fsynced before the rename and removed if the write fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+PathLike = Union[str, Path]
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and move it onto ``path``.
+
+    Args:
+        path: the destination file.
+
+    Yields:
+        The temporary path to write (by any library: ``torch.save``, ``open``, ``h5py``).
+
+    Raises:
+        Whatever the body raised; the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: PathLike, data: Any) -> None:
+    """Write ``data`` as strict, indented JSON (no NaN/inf: pass them as ``None``) atomically."""
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

@@ -1,0 +1,152 @@
+"""Packing study runs onto one machine: slots (GPU groups or CPU core shares) and a small launch queue.
+
+A slot runs one training job at a time under the DeepSpeed launcher: on a GPU node ``--include localhost:IDS``
+(K GPUs, K ranks), on a CPU box one rank with ``OMP_NUM_THREADS = cores // slots``. Every job gets its own
+``--master_port``, writes its output to ``OUT_DIR/train.log`` and keeps running when another fails. SIGTERM or
+SIGINT to the runner is forwarded to the running jobs (they checkpoint and exit with the requeue code).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from varnet_ds.config import ConfigError
+from varnet_ds.distributed import free_port
+
+Job = Tuple[str, List[str], Path]  # (name, train.py arguments, run folder)
+
+
+@dataclass
+class Slot:
+    """Where one run executes: GPU ids (``None`` on CPU), ranks and threads per rank."""
+
+    gpus: Optional[List[int]]
+    ranks: int
+    threads: int
+
+    def launcher(self) -> List[str]:
+        """The DeepSpeed launcher command for this slot (a fresh ``--master_port`` on every call)."""
+        ds = str(Path(sys.executable).parent / "deepspeed")
+        where = (["--include", "localhost:" + ",".join(map(str, self.gpus))] if self.gpus is not None
+                 else ["--num_gpus", str(self.ranks)])
+        return [ds, *where, "--master_port", str(free_port())]
+
+    def env(self) -> Dict[str, str]:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.gpus is None:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        return env
+
+    def describe(self, count: int) -> str:
+        if self.gpus is not None:
+            import torch
+
+            name = torch.cuda.get_device_name(self.gpus[0])
+            return f"{count} x {len(self.gpus)} GPU(s) ({name}, {torch.cuda.device_count()} in all)"
+        return (f"{_cpu_name()} ({os.cpu_count()} cores): {count} run(s) side by side, {self.ranks} rank(s) x "
+                f"{self.threads} thread(s) each")
+
+
+def machine_slots(gpus_per_run: Optional[int], parallel: Optional[int]) -> List[Slot]:
+    """The slots of this machine.
+
+    Args:
+        gpus_per_run: ranks (GPUs) per run on a GPU node; ``None`` = all GPUs (one run at a time).
+        parallel: CPU only: runs side by side, each one rank; ``None`` = one per core (the fastest layout
+            measured on the 2-core box, see ``python -m varnet_ds.study_bench``).
+
+    Raises:
+        ConfigError: a value that does not fit the machine (named).
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        total = torch.cuda.device_count()
+        k = gpus_per_run or total
+        if not 1 <= k <= total or total % k:
+            raise ConfigError(f"--gpus-per-run {k}: must divide the {total} visible GPU(s)")
+        return [Slot(list(range(i, i + k)), k, 0) for i in range(0, total, k)]
+    if gpus_per_run is not None:
+        raise ConfigError(f"--gpus-per-run {gpus_per_run}: no GPU is visible (use --parallel on a CPU box)")
+    cores = os.cpu_count() or 1
+    n = parallel or cores
+    if n < 1:
+        raise ConfigError(f"--parallel {n}: must be >= 1")
+    return [Slot(None, 1, max(cores // n, 1)) for _ in range(n)]
+
+
+def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], None]) -> Dict[str, int]:
+    """Run ``jobs`` on ``slots``, at most one job per slot at a time, in order.
+
+    Returns:
+        ``{name: exit code}`` of the jobs that failed (empty: all succeeded).
+    """
+    queue = list(jobs)
+    running: Dict[int, Tuple[str, subprocess.Popen, float, Path]] = {}
+    failed: Dict[str, int] = {}
+    stop = {"signal": 0}
+
+    def forward(signum, _frame):
+        stop["signal"] = signum
+        for _, proc, _, _ in running.values():
+            proc.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while queue or running:
+            for i, slot in enumerate(slots):
+                if i in running or not queue or stop["signal"]:
+                    continue
+                name, args, out_dir = queue.pop(0)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                log = open(out_dir / "train.log", "a", encoding="utf-8")
+                proc = subprocess.Popen([*slot.launcher(), *args], stdout=log, stderr=subprocess.STDOUT,
+                                        env=slot.env(), start_new_session=True)
+                log.close()
+                running[i] = (name, proc, time.time(), out_dir)
+                say(f"start {name} on slot {i} (log {out_dir / 'train.log'})")
+            time.sleep(0.5)
+            for i, (name, proc, t0, out_dir) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del running[i]
+                if code == 0:
+                    say(f"done  {name} in {time.time() - t0:.0f} s")
+                else:
+                    failed[name] = code
+                    say(f"FAILED {name}: exit {code} after {time.time() - t0:.0f} s; last lines of its log:\n"
+                        + _tail(out_dir / "train.log"))
+            if stop["signal"] and not running:
+                for name, _, _ in queue:
+                    failed[name] = 128 + stop["signal"]
+                queue.clear()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return failed
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
