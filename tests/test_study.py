@@ -137,3 +137,40 @@ def test_slurm_array_element_gets_its_run(tmp_path, capsys):
     assert cfg.run.out_dir == str(tmp_path / "arr" / "mraugment-s2") and cfg.log.wandb.group == "arr"
     assert main([*base, "--run-args", "4"]) == 2
     assert "runs 0..3" in capsys.readouterr().err
+
+
+def test_layout_benchmark_plain_loop_runs(synth_dirs):
+    from varnet_ds.study_bench import plain_loop
+
+    assert plain_loop(synth_dirs["train"], steps=2, threads=1, warmup=1) > 0  # samples/s of the reference loop
+
+
+def test_gpu_packing(monkeypatch):
+    import torch
+
+    from varnet_ds.config import ConfigError
+    from varnet_ds.study_launch import machine_slots
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    one = machine_slots(1, None)
+    assert [s.gpus for s in one] == [[i] for i in range(8)]  # 8 runs side by side
+    assert [s.gpus for s in machine_slots(None, None)] == [list(range(8))]  # one ZeRO-2 run on all GPUs
+    four = machine_slots(4, None)
+    assert [s.gpus for s in four] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert four[1].launcher()[1:3] == ["--include", "localhost:4,5,6,7"]
+    with pytest.raises(ConfigError, match="--gpus-per-run 3"):
+        machine_slots(3, None)
+
+
+def test_cpu_packing(monkeypatch):
+    import torch
+
+    from varnet_ds.study_launch import machine_slots
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    slots = machine_slots(None, None)
+    assert [(s.ranks, s.threads) for s in slots] == [(1, 1), (1, 1)]  # one 1-rank run per core
+    assert [(s.ranks, s.threads) for s in machine_slots(None, 1)] == [(1, 2)]
+    assert slots[0].env()["OMP_NUM_THREADS"] == "1" and slots[0].launcher()[1:3] == ["--num_gpus", "1"]
