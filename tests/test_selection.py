@@ -91,3 +91,15 @@ def test_rerun_with_another_config_refused_unless_forced(tmp_path):
     (tmp_path / "config.yaml").write_text("model: [1, 2\n")
     with pytest.raises(ConfigError, match="cannot read the saved config"):
         check_rerun_config(load_config("demo"), tmp_path / "config.yaml")
+
+
+def test_non_finite_metrics_are_written_as_null(tmp_path):
+    outputs = _outputs(0.5, 0.5)
+    outputs["val_brain"].volumes[0] = outputs["val_brain"].volumes[0]._replace(psnr=float("inf"), ssim=float("nan"))
+    outputs["val_brain"].rows[0]["nmse"] = float("nan")
+    sel = ModelSelector(tmp_path, is_main=True)
+    assert sel.update(10, 1, outputs, _module(1.0), CONFIG)  # a NaN transfer metric must not crash rank 0
+    saved = json.loads((tmp_path / "selected" / "step000000010.json").read_text())
+    assert saved["metrics"]["val_brain"]["nmse"] is None and saved["volumes"]["val_brain"][0][4:6] == [None, None]
+    sel.finalize()
+    assert json.loads((tmp_path / "selected.json").read_text())["metrics"]["val_brain"]["nmse"] is None

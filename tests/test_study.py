@@ -174,3 +174,18 @@ def test_cpu_packing(monkeypatch):
     assert [(s.ranks, s.threads) for s in slots] == [(1, 1), (1, 1)]  # one 1-rank run per core
     assert [(s.ranks, s.threads) for s in machine_slots(None, 1)] == [(1, 2)]
     assert slots[0].env()["OMP_NUM_THREADS"] == "1" and slots[0].launcher()[1:3] == ["--num_gpus", "1"]
+
+
+def test_extended_run_killed_before_its_end_is_not_finished(tmp_path):
+    import os
+
+    from varnet_ds.study import is_finished
+
+    spec = _spec(seeds=[1])
+    run = plan_runs(spec, tmp_path)[0]
+    run.out_dir.mkdir(parents=True)
+    save_config(load_config("demo", run.overrides), run.out_dir / "config.yaml")
+    (run.out_dir / "model_fp32.pt").write_bytes(b"weights")
+    assert is_finished(run, spec)
+    os.utime(run.out_dir / "model_fp32.pt", (1, 1))  # config.yaml rewritten by a later (extending) start
+    assert not is_finished(run, spec)

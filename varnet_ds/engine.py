@@ -272,12 +272,12 @@ class Trainer:
                 if self.global_step % cfg.log.every_steps == 0:
                     self._log_train(losses, t0, samples)
                     losses, t0, samples = [], time.perf_counter(), 0
+                if cfg.eval.every_steps and self.global_step % cfg.eval.every_steps == 0:
+                    self.evaluate()  # before the checkpoint of the same step, which commits its selection
                 if self._stop_signal is not None:
                     return self._preempt(bar)
                 if self.global_step % cfg.train.checkpoint_every_steps == 0:
                     self.save_checkpoint()
-                if cfg.eval.every_steps and self.global_step % cfg.eval.every_steps == 0:
-                    self.evaluate()
                 if self.global_step >= max_steps:
                     break
             else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -50,6 +51,17 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` for strict JSON: non-finite floats become ``None``, mappings and sequences converted recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def atomic_write_json(path: PathLike, data: Any) -> None:
-    """Write ``data`` as strict, indented JSON (no NaN/inf: pass them as ``None``) atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    """Write ``data`` as strict, indented JSON atomically (NaN/inf are written as ``null``)."""
+    atomic_write_text(path, json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")

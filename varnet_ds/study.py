@@ -104,6 +104,7 @@ def check_spec(spec: StudySpec) -> None:
 def plan_runs(spec: StudySpec, runs_dir: Path) -> List[RunSpec]:
     """Every arm x seed (arm-major, reference arm first), each config loaded and checked (unknown key -> error)."""
     check_spec(spec)
+    runs_dir = Path(runs_dir).resolve()  # run.out_dir is compared with the saved config: one spelling
     arms = [spec.reference] + [a for a in spec.arms if a != spec.reference]
     runs: List[RunSpec] = []
     for arm in arms:
@@ -123,9 +124,11 @@ def plan_runs(spec: StudySpec, runs_dir: Path) -> List[RunSpec]:
 
 def is_finished(run: RunSpec, spec: StudySpec) -> bool:
     """A run whose final weights exist and whose saved length (epochs / max_steps) is the one asked for."""
-    saved = run.out_dir / "config.yaml"
-    if not (run.out_dir / "model_fp32.pt").is_file() or not saved.is_file():
+    saved, final = run.out_dir / "config.yaml", run.out_dir / "model_fp32.pt"
+    if not final.is_file() or not saved.is_file():
         return False
+    if final.stat().st_mtime < saved.stat().st_mtime:
+        return False  # an extended run (config rewritten when it started) that has not finished yet
     cfg = load_config(spec.config, run.overrides)
     old = yaml.safe_load(saved.read_text(encoding="utf-8")).get("train", {})
     return old.get("epochs") == cfg.train.epochs and old.get("max_steps") == cfg.train.max_steps
@@ -245,6 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed = launch_all([(r.name, _train_cmd(spec, r), r.out_dir) for r in pending], slots, say)
     say(f"training done in {(time.time() - t0) / 60:.1f} min")
     if failed:  # all preempted: "requeue me"; else the first failure's code (1 bad data, 2 bad config, ...)
+        failed = {n: 128 - c if c < 0 else c for n, c in failed.items()}  # killed by signal -c
         codes = [c for c in failed.values() if c != EXIT_REQUEUE]
         code = codes[0] if codes else EXIT_REQUEUE
         say("failed: " + ", ".join(f"{n} (exit {c}, log {study_dir / n / 'train.log'})" for n, c in failed.items()))

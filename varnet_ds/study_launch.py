@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from varnet_ds.config import ConfigError
 from varnet_ds.distributed import free_port
+from varnet_ds.exits import EXIT_REQUEUE
 
 Job = Tuple[str, List[str], Path]  # (name, train.py arguments, run folder)
 
@@ -97,7 +98,7 @@ def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], 
     def forward(signum, _frame):
         stop["signal"] = signum
         for _, proc, _, _ in running.values():
-            proc.send_signal(signal.SIGTERM)
+            _signal_ranks(proc.pid)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -121,6 +122,9 @@ def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], 
                 del running[i]
                 if code == 0:
                     say(f"done  {name} in {time.time() - t0:.0f} s")
+                elif code == EXIT_REQUEUE:
+                    failed[name] = code
+                    say(f"preempted {name} after {time.time() - t0:.0f} s: checkpoint written; rerun to resume")
                 else:
                     failed[name] = code
                     say(f"FAILED {name}: exit {code} after {time.time() - t0:.0f} s; last lines of its log:\n"
@@ -133,6 +137,26 @@ def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], 
         for s, handler in old.items():
             signal.signal(s, handler)
     return failed
+
+
+def _signal_ranks(pid: int) -> None:
+    """SIGTERM to the training ranks under a DeepSpeed launcher process (the children of its ``launch.py``).
+
+    The ranks checkpoint and exit with the requeue code, which the launcher passes on. Signalling the launcher
+    itself would end it at once and leave the ranks running; signalling the whole group would also hit
+    ``launch.py``, which then kills the ranks before they checkpoint.
+    """
+    import psutil
+
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                if "deepspeed.launcher.launch" in " ".join(child.parent().cmdline()):
+                    child.send_signal(signal.SIGTERM)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    except psutil.NoSuchProcess:
+        pass
 
 
 def _tail(path: Path, lines: int = 15) -> str:
