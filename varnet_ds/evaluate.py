@@ -39,9 +39,9 @@ from varnet_ds.data.check import TARGET_KEY, DataError, check_folder
 from varnet_ds.data.datasets import MASK_TYPES, VarNetTransform, build_eval_dataset, volume_table
 from varnet_ds.evaluation import model_inputs
 from varnet_ds.exits import EXIT_BAD_DATA, EXIT_USAGE
+from varnet_ds.files import strict_json
 from varnet_ds.metrics import VolumeResult, evaluation_crop, summarize, volume_metrics
 from varnet_ds.model import PRECISIONS, VarNetDS
-from varnet_ds.tracking import json_safe
 from varnet_ds.weights import FASTMRI_SIZES, SIZE_KEYS, load_model, model_sizes, resolve_device
 
 PathLike = Union[str, Path]
@@ -115,7 +115,7 @@ def write_json(path: PathLike, data: Mapping[str, Any]) -> None:
     path = Path(path)
     tmp = _atomic_path(path)
     try:
-        tmp.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -284,7 +284,7 @@ def evaluate_folder(
         "unscored": unscored,
     }
     write_json(out_dir / "metrics.json", metrics)
-    return json_safe(metrics)
+    return strict_json(metrics)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Mapping, Union
 
 PathLike = Union[str, Path]
 
@@ -55,7 +55,7 @@ def strict_json(value: Any) -> Any:
     """``value`` for strict JSON: non-finite floats become ``None``, mappings and sequences converted recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k): strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [strict_json(v) for v in value]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import re
 import time
@@ -39,6 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
+from varnet_ds.files import strict_json
 from varnet_ds.wandb_run import (  # noqa: F401  (re-exported: the tracker's public W&B helpers)
     EPOCH_KEY,
     SPLITS,
@@ -89,17 +89,6 @@ def _scalar(value: Any) -> Any:
     if hasattr(value, "item") and int(np.prod(getattr(value, "shape", ()))) == 1:
         return value.item()
     raise TypeError(f"cannot log value of type {type(value).__name__}: {value!r}")
-
-
-def json_safe(value: Any) -> Any:
-    """Strict-JSON view of ``value``: NaN/inf -> None, mappings and sequences converted recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _check_split(split: str) -> None:
@@ -216,7 +205,7 @@ class Tracker:
         self._check_open()
         record = {str(k): _scalar(v) for k, v in row.items()}
         record.setdefault("time", time.time())
-        self._file.write(json.dumps(json_safe(record)) + "\n")
+        self._file.write(json.dumps(strict_json(record)) + "\n")
         self._file.flush()
         self.num_rows += 1
         if self._wb is None:
@@ -309,7 +298,7 @@ class Tracker:
             check_artifact_name(name)
         for alias in aliases:
             check_artifact_name(alias)
-        meta = json_safe(_scalar(dict(metadata or {})))
+        meta = strict_json(_scalar(dict(metadata or {})))
         if not self.active:
             return None
         self._check_open()
@@ -327,7 +316,7 @@ class Tracker:
 
         ``metrics.jsonl`` is not touched (it holds history rows only). No-op on other ranks or without W&B.
         """
-        data = json_safe(_scalar(dict(values)))
+        data = strict_json(_scalar(dict(values)))
         if self.active and self._wb is not None:
             self._check_open()
             self._wb.log_summary(data)
