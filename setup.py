@@ -26,7 +26,7 @@ setup(
     extras_require={"dev": ["pytest>=7.4", "ruff>=0.5"]},
     entry_points={
         "console_scripts": [
-            "varnet-synth=varnet_ds.data.synth:main",
+            "varnet-synth=varnet_ds.sim.synth:main",
             "varnet-check=varnet_ds.data.check:main",
             "varnet-evaluate=varnet_ds.evaluate:main",
             "varnet-bench=varnet_ds.bench:main",

@@ -15,8 +15,8 @@ PY=${PY:-.venv/bin/python}
 D=$OUT/data
 export WANDB_MODE=${WANDB_MODE:-disabled}
 if [ ! -f "$D/.done" ]; then
-  "$PY" -m varnet_ds.data.synth knee --out "$D/train" --volumes 4 --slices 8 --seed 1
-  "$PY" -m varnet_ds.data.synth knee --out "$D/val" --volumes 2 --slices 6 --seed 2
+  "$PY" -m varnet_ds.sim.synth knee --out "$D/train" --volumes 4 --slices 8 --seed 1
+  "$PY" -m varnet_ds.sim.synth knee --out "$D/val" --volumes 2 --slices 6 --seed 2
   touch "$D/.done"
 fi
 train() {  # folder, then overrides

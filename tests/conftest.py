@@ -11,7 +11,7 @@ from typing import Dict
 
 import pytest
 
-from varnet_ds.data.synth import write_dataset
+from varnet_ds.sim.synth import write_dataset
 
 SYNTH_SLICES = 3
 SYNTH_COILS = 4

@@ -14,8 +14,9 @@ from fastmri.data.transforms import center_crop
 from omegaconf import OmegaConf
 
 from varnet_ds.config import AugConfig
-from varnet_ds.data.augment import AugmentSchedule, AugParams, MRAugment, bench_augment
+from varnet_ds.data.augment import AugmentSchedule, AugParams, MRAugment
 from varnet_ds.data.augment_ops import affine_matrix, affine_warp, rot90_keep_shape
+from varnet_ds.profiling.benchmark import bench_augment
 
 C, H, W = 4, 32, 24
 
@@ -372,8 +373,8 @@ def test_bench_augment_small():
 
 
 def test_preview_writes_png_from_a_synthetic_file(tmp_path):
-    from varnet_ds.data.augment import write_preview
-    from varnet_ds.data.synth import write_dataset
+    from varnet_ds.sim.augment_preview import write_preview
+    from varnet_ds.sim.synth import write_dataset
 
     path = write_dataset("knee", tmp_path, volumes=1, slices=2, coils=2, shape=(32, 24), recon_size=(16, 16))[0]
     out = tmp_path / "preview.png"

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from varnet_ds import bench
-from varnet_ds.bench import REFERENCE, BenchResult, bench_augment_rows, format_table, parse_shape, reference_drift
-from varnet_ds.comms import comms_table, zero2_comm_estimate
+from varnet_ds.bench import format_table, parse_shape, reference_drift
+from varnet_ds.profiling.benchmark import REFERENCE, BenchResult, bench_augment_rows
+from varnet_ds.profiling.comms import comms_table, zero2_comm_estimate
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--shape", "32x24x2", "--cascades", "1", "--chans", "4", "--pools", "2", "--sens-chans", "2",

@@ -16,7 +16,7 @@ def test_shipped_configs_load(name):
 
 def test_config_accepts_exactly_the_models_policies():
     from varnet_ds.config import _CHOICES
-    from varnet_ds.model import CHECKPOINTING, PRECISIONS
+    from varnet_ds.model.varnet import CHECKPOINTING, PRECISIONS
 
     assert _CHOICES["model.checkpointing"] == CHECKPOINTING and _CHOICES["train.precision"] == PRECISIONS
     assert load_config("baseline", ["model.checkpointing=selective_all"]).model.checkpointing == "selective_all"

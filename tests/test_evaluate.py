@@ -25,7 +25,7 @@ from varnet_ds.evaluate import (
     model_sizes,
     submission_crop,
 )
-from varnet_ds.model import VarNetDS
+from varnet_ds.model.varnet import VarNetDS
 
 TINY = {"num_cascades": 1, "chans": 4, "pools": 2, "sens_chans": 2, "sens_pools": 2}
 

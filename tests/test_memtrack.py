@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from varnet_ds.memtrack import LiveTensorMemory, measure_step
-from varnet_ds.model import VarNetDS
-from varnet_ds.planner import make_batch, train_step_fn
+from varnet_ds.model.varnet import VarNetDS
+from varnet_ds.profiling.memtrack import LiveTensorMemory, measure_step
+from varnet_ds.profiling.planner import make_batch, train_step_fn
 
 MIB = 2**20
 

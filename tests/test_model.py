@@ -4,7 +4,7 @@ import pytest
 import torch
 from fastmri.models import VarNet
 
-from varnet_ds.model import VarNetDS, build_model, count_parameters
+from varnet_ds.model.varnet import VarNetDS, build_model, count_parameters
 
 SMALL = dict(num_cascades=2, chans=4, pools=2, sens_chans=2, sens_pools=2)
 
@@ -56,7 +56,7 @@ def test_coil_chunked_sensitivity_net_changes_nothing(policy, chunk):
 
 
 def test_sens_chunk_checkpoints_each_chunk_under_all(monkeypatch):
-    import varnet_ds.model as model_mod
+    import varnet_ds.model.varnet as model_mod
 
     calls = []
     original = model_mod.checkpoint
@@ -140,7 +140,7 @@ def test_default_size_and_build_from_config():
 
 
 def _step_cost(policy: str):
-    from varnet_ds.memtrack import measure_step
+    from varnet_ds.profiling.memtrack import measure_step
 
     torch.manual_seed(5)
     model = VarNetDS(num_cascades=3, chans=8, pools=2, sens_chans=4, sens_pools=2, checkpointing=policy).train()
@@ -162,7 +162,7 @@ def test_selective_recomputes_full_resolution_only():
 def test_keep_low_res_convolutions_policy():
     from torch.utils.checkpoint import CheckpointPolicy
 
-    from varnet_ds.model import CONVOLUTION, KeepLowResConvolutions
+    from varnet_ds.model.varnet import CONVOLUTION, KeepLowResConvolutions
 
     save, recompute = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.PREFER_RECOMPUTE
     policy = KeepLowResConvolutions(max_pixels=32 * 24 // 2)

@@ -6,11 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from varnet_ds import planner
 from varnet_ds.config import ModelConfig
 from varnet_ds.data.check import DataError
-from varnet_ds.data.synth import write_dataset
-from varnet_ds.planner import (
+from varnet_ds.profiling import planner
+from varnet_ds.profiling.planner import (
     GIB,
     POLICIES,
     BudgetError,
@@ -24,6 +23,7 @@ from varnet_ds.planner import (
     plan,
     profile_policies,
 )
+from varnet_ds.sim.synth import write_dataset
 
 DS = Path(__file__).resolve().parent.parent / "ds_configs"
 TINY = dict(num_cascades=1, chans=4, pools=2, sens_chans=2, sens_pools=2)

@@ -14,11 +14,11 @@ from fastmri.data import SliceDataset
 from fastmri.data.subsample import RandomMaskFunc
 from fastmri.data.transforms import VarNetDataTransform, VarNetSample, center_crop, to_tensor
 
-from varnet_ds.data import brain_anatomy, mri_physics
-from varnet_ds.data.fastmri_header import encoding_limits
-from varnet_ds.data.knee_phantom import knee_slice, sample_knee_params
-from varnet_ds.data.simulate import make_spec
-from varnet_ds.data.synth import SIMULATOR, main, write_dataset
+from varnet_ds.sim import brain_anatomy, mri_physics
+from varnet_ds.sim.fastmri_header import encoding_limits
+from varnet_ds.sim.knee_phantom import knee_slice, sample_knee_params
+from varnet_ds.sim.simulate import make_spec
+from varnet_ds.sim.synth import SIMULATOR, main, write_dataset
 
 SPLITS = {"train": (3, 48), "val": (2, 48), "brain": (2, 40)}  # volumes, k-space width
 

@@ -8,15 +8,15 @@
 Every configuration trains a VarNet from the same initial weights on the same random batch (batch 1, Adam,
 fastMRI SSIMLoss on the centre crop) and reports peak memory, the median step time after one warm-up step and the
 last loss (fp32 rows must match the reference's loss: a correctness cross-check). The
-reference is fastMRI's ``VarNet`` with a plain ``torch.optim.Adam``; ours is :class:`varnet_ds.model.VarNetDS`
+reference is fastMRI's ``VarNet`` with a plain ``torch.optim.Adam``; ours is :class:`varnet_ds.model.varnet.VarNetDS`
 inside a DeepSpeed engine built from a ds_configs/ JSON.
 
-Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps (reset after the warm-up), which includes
-the shared batch. On CPU, where PyTorch keeps no allocator statistics, one more step runs under
-:class:`varnet_ds.memtrack.LiveTensorMemory` and the peak of live tensor bytes is reported as an estimate (``~``):
-the same tensors a GPU would hold, without cuDNN/cuFFT workspaces. Every configuration also gets the FLOPs of one
-step (``torch.utils.flop_counter``: convolutions, with the recompute of checkpointed regions), a device-independent
-measure of what checkpointing costs.
+Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps (reset after the warm-up), which includes the
+shared batch. On CPU, where PyTorch keeps no allocator statistics, one more step runs under
+:class:`varnet_ds.profiling.memtrack.LiveTensorMemory` and the peak of live tensor bytes is reported as an estimate
+(``~``): the same tensors a GPU would hold, without cuDNN/cuFFT workspaces. Every configuration also gets the FLOPs of
+one step (``torch.utils.flop_counter``: convolutions, with the recompute of checkpointed regions), a
+device-independent measure of what checkpointing costs.
 
 Order must not bias the numbers: after each configuration the engine is destroyed (its ZeRO hooks removed), every
 reference dropped, ``gc.collect()`` and ``torch.cuda.empty_cache()`` run; the row records whether the model was
@@ -32,75 +32,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
-import statistics
 import sys
-import weakref
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from fastmri.losses import SSIMLoss
 from fastmri.models import VarNet
 
-from varnet_ds.bench_format import (
-    AUG_TARGET,
-    REFERENCE,
-    format_augment,
-    format_plan,
-    format_table,
-    header,
-    header_line,
-    reference_drift,
-)
-from varnet_ds.memtrack import measure_step
-from varnet_ds.model import CHECKPOINTING, SENS_CHECKPOINTED, VarNetDS, count_parameters
-from varnet_ds.planner import GIB, make_batch, release_memory, time_steps, train_step_fn
+from varnet_ds.model.varnet import CHECKPOINTING, SENS_CHECKPOINTED, count_parameters
+from varnet_ds.profiling.benchmark import DS_DIR, REFERENCE, bench_augment_rows, run
 
 SHAPES: Dict[str, Tuple[int, int, int]] = {  # coils, H, W
     "knee": (15, 640, 368),
     "brain": (16, 640, 320),
     "brain_big": (20, 768, 396),
 }
-DS_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
-Config = Tuple[str, str, str, int]  # checkpointing, precision, ds_configs stem, sens_chunk
-
-__all__ = ["BenchResult", "AugmentResult", "SHAPES", "AUG_TARGET", "REFERENCE", "make_batch", "parse_shape", "run",
-           "bench_augment_rows", "format_table", "format_augment", "header", "header_line", "reference_drift",
-           "main"]
-
-
-@dataclass
-class BenchResult:
-    """One training configuration: peak GiB, median step seconds, last loss, FLOPs per step, hygiene checks."""
-
-    name: str
-    peak_gib: Optional[float]
-    step_s: float
-    loss: float
-    start_gib: Optional[float] = None  # CUDA memory allocated when the configuration started
-    freed: bool = True  # the model was garbage-collected after the configuration
-    peak_estimated: bool = False  # CPU: peak_gib is the live-tensor estimate, not an allocator statistic
-    gflop: Optional[float] = None  # FLOPs of one training step / 1e9 (torch.utils.flop_counter)
-    peak_op: str = ""  # CPU estimate: the op at the peak
-
-
-@dataclass
-class AugmentResult:
-    """MRAugment throughput (``p = 1``, every transform fires) on one device."""
-
-    name: str
-    device: str
-    ms_per_slice: float
-    ms_min: float
-    ms_max: float
-    threads: int
-    frac_of_ref_step: Optional[float] = None  # GPU only: augment ms / reference step ms
-    frac_of_fastest_step: Optional[float] = None  # GPU only: augment ms / our fastest step ms
-    workers_to_keep_up: Optional[int] = None  # CPU only: loader workers needed to feed our fastest step
-    error: Optional[str] = None
+AUG_TARGET = 0.05  # issue 4: augmentation adds <= 5 % to a GPU training step
 
 
 def parse_shape(text: str) -> Tuple[int, int, int]:
@@ -116,157 +66,80 @@ def parse_shape(text: str) -> Tuple[int, int, int]:
     return c, h, w
 
 
-def _allocated_gib(device: torch.device) -> Optional[float]:
-    return torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else None
-
-
-def _measure(name: str, model: torch.nn.Module, backward, optimizer_step, batch, device: torch.device,
-             steps: int, count_ops: bool = True) -> BenchResult:
-    start = _allocated_gib(device)
-    step = train_step_fn(model, backward, optimizer_step, batch, SSIMLoss().to(device))
-    time_steps(step, device, 1)  # warm-up (cuDNN, allocator, Adam state)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times, loss = time_steps(step, device, steps)
-    peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
-    if not count_ops:  # compiled kernels are invisible to op counting: no FLOPs, no CPU estimate
-        return BenchResult(name, peak, statistics.median(times), loss, start_gib=start)
-    cost = measure_step(step, track_memory=device.type != "cuda")  # one more step: FLOPs (+ CPU memory)
-    if cost.peak_bytes is not None:
-        peak = cost.peak_bytes / GIB
-    return BenchResult(name, peak, statistics.median(times), loss, start_gib=start,
-                       peak_estimated=cost.peak_bytes is not None, gflop=cost.flops / 1e9, peak_op=cost.peak_op)
-
-
-def _bench_plain(model: torch.nn.Module, name: str, batch, device: torch.device, steps: int,
-                 compiled: bool = False) -> BenchResult:
-    """Train ``model`` with a plain ``torch.optim.Adam`` (no DeepSpeed); free it afterwards."""
-    model = model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
-
-    def opt_step() -> None:
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    res = _measure(name, model, lambda loss: loss.backward(), opt_step, batch, device, steps, not compiled)
-    alive = weakref.ref(model)
-    opt_step = opt = model = None  # noqa: F841 (drop the closure's references too)
-    release_memory(device)
-    res.freed = alive() is None
-    return res
-
-
-def bench_reference(model_kw: dict, batch, device: torch.device, steps: int, name: str = REFERENCE) -> BenchResult:
-    """fastMRI VarNet + torch Adam + SSIMLoss, fp32, no DeepSpeed, no checkpointing."""
-    torch.manual_seed(0)
-    return _bench_plain(VarNet(**model_kw), name, batch, device, steps)
-
-
-def _our_model(model_kw: dict, checkpointing: str, precision: str, sens_chunk: int, compiled: bool) -> VarNetDS:
-    torch.manual_seed(0)
-    weights = VarNet(**model_kw).state_dict()  # the reference's initial weights (same seed)
-    model = VarNetDS(**model_kw, checkpointing=checkpointing, precision=precision, sens_chunk=sens_chunk,
-                     compile_unets=compiled)
-    model.load_state_dict(weights)
-    return model
-
-
-def _policy_name(prefix: str, checkpointing: str, precision: str, sens_chunk: int, compiled: bool) -> str:
-    return (f"{prefix} ckpt={checkpointing} {precision}" + (f" chunk={sens_chunk}" if sens_chunk else "")
-            + (" compiled" if compiled else ""))
-
-
-def bench_plain(model_kw: dict, batch, device: torch.device, steps: int, checkpointing: str, precision: str,
-                sens_chunk: int = 0, compiled: bool = False) -> BenchResult:
-    """Our VarNetDS policy with plain torch Adam, no DeepSpeed (``--ds none``): the policy's own cost."""
-    name = _policy_name("plain", checkpointing, precision, sens_chunk, compiled)
-    return _bench_plain(_our_model(model_kw, checkpointing, precision, sens_chunk, compiled), name, batch, device,
-                        steps, compiled)  # no local reference: _bench_plain checks that the model is freed
-
-
-def bench_engine(model_kw: dict, batch, device: torch.device, steps: int, checkpointing: str, precision: str,
-                 ds_json: Path, sens_chunk: int = 0, compiled: bool = False) -> BenchResult:
-    """Our VarNetDS (the reference's initial weights) under a DeepSpeed engine from ``ds_json``, freed afterwards."""
+def header() -> Dict[str, str]:
+    """Device, library versions and date of this run."""
     import deepspeed
 
-    from varnet_ds.distributed import load_ds_config
-
-    model = _our_model(model_kw, checkpointing, precision, sens_chunk, compiled)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
-    engine, ds_opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=load_ds_config(ds_json, 1, 1))
-    name = _policy_name(f"ours {ds_json.stem}", checkpointing, precision, sens_chunk, compiled)
-    res = _measure(name, engine, engine.backward, engine.step, batch, device, steps, count_ops=not compiled)
-    alive = weakref.ref(model)
-    engine.destroy()
-    engine = ds_opt = opt = model = None  # noqa: F841
-    release_memory(device)
-    res.freed = alive() is None
-    return res
+    return dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
+                torch=torch.__version__, deepspeed=deepspeed.__version__, date=time.strftime("%Y-%m-%d"))
 
 
-def run(shape: Tuple[int, int, int], steps: int, model_kw: dict, configs: List[Config],
-        reference: bool = True, repeat_reference: bool = False, compiled: bool = False) -> List[BenchResult]:
-    """Benchmark the reference and each (checkpointing, precision, ds_config stem, sens_chunk) in this process.
-
-    ``compiled``: our models run their U-Nets through ``torch.compile`` (:mod:`varnet_ds.compiled`); compile time
-    falls into the warm-up step, and those rows get no FLOP count or CPU memory estimate (op counting cannot see
-    into compiled kernels).
-    """
-    from varnet_ds.distributed import init_distributed
-
-    for _, _, ds, _ in configs:
-        if ds != "none" and not (DS_DIR / f"{ds}.json").is_file():
-            raise FileNotFoundError(f"--ds {ds}: {DS_DIR / (ds + '.json')} not found")
-    dist = init_distributed()
-    batch = make_batch(*shape, device=dist.device)
-    results = []
-    if reference:
-        results.append(bench_reference(model_kw, batch, dist.device, steps))
-    for ck, prec, ds, chunk in configs:
-        if ds == "none":
-            results.append(bench_plain(model_kw, batch, dist.device, steps, ck, prec, chunk, compiled))
-        else:
-            results.append(bench_engine(model_kw, batch, dist.device, steps, ck, prec, DS_DIR / f"{ds}.json", chunk,
-                                        compiled))
-    if repeat_reference:
-        results.append(bench_reference(model_kw, batch, dist.device, steps, name=f"{REFERENCE} repeat"))
-    base = results[0].start_gib if results else None
-    for r in results:  # CUDA: every row must start from the batch alone; any model must be collected
-        left = r.start_gib - base if base is not None and r.start_gib is not None else 0.0
-        if not r.freed or left > 1 / 64:
-            print(f"bench: warning: {r.name}: model freed = {r.freed}, started {left:.3f} GiB above the first row",
-                  file=sys.stderr)
-    return results
+def header_line(h: Dict[str, str]) -> str:
+    return f"device: {h['device']} | torch {h['torch']} | deepspeed {h['deepspeed']} | date {h['date']}"
 
 
-def bench_augment_rows(shape: Tuple[int, int, int], device: torch.device, repeats: int = 5,
-                       ref_step_s: Optional[float] = None, fastest_step_s: Optional[float] = None
-                       ) -> List[AugmentResult]:
-    """MRAugment ms/slice on one CPU thread and, on CUDA, on the GPU, relative to the measured step times."""
-    from varnet_ds.data.augment import bench_augment
+def reference_drift(results: Sequence) -> Optional[Dict[str, Optional[float]]]:
+    """Relative step-time change and peak change (GiB) of the repeated reference vs the first one."""
+    refs = [r for r in results if r.name.startswith(REFERENCE)]
+    if len(refs) < 2:
+        return None
+    first, last = refs[0], refs[-1]
+    peak = last.peak_gib - first.peak_gib if first.peak_gib is not None and last.peak_gib is not None else None
+    return dict(step_rel=last.step_s / first.step_s - 1.0, peak_gib=peak)
 
-    devices = ["cpu"] + (["cuda"] if device.type == "cuda" else [])
-    rows = []
-    for dev in devices:
-        threads = torch.get_num_threads()
-        if dev == "cpu":
-            torch.set_num_threads(1)
-        name = "MRAugment cpu (1 thread = 1 loader worker)" if dev == "cpu" else "MRAugment cuda (on the GPU)"
-        try:
-            r = bench_augment(shape, dev, repeats, p=1.0)
-        except Exception as err:  # report and keep the training rows already measured
-            rows.append(AugmentResult(name, dev, math.nan, math.nan, math.nan, 0, error=f"{type(err).__name__}: {err}"))
+
+def format_table(results: Sequence, shape: Tuple[int, int, int]) -> str:
+    """One row per configuration; CPU peaks are live-tensor estimates (marked ``~``), GPU peaks are measured."""
+    ref = results[0] if results and results[0].name.startswith(REFERENCE) else None
+    lines = [f"shape: {shape[0]} coils x {shape[1]}x{shape[2]}, batch 1",
+             f"{'configuration':<52} {'peak GiB':>9} {'step s':>8} {'vs ref time':>11} {'GFLOP':>7} "
+             f"{'vs ref':>6} {'loss':>9}"]
+    for r in results:
+        peak = "n/a" if r.peak_gib is None else ("~" if r.peak_estimated else "") + f"{r.peak_gib:.2f}"
+        rel = f"{r.step_s / ref.step_s:.2f}x" if ref else "-"
+        gflop = f"{r.gflop:.4g}" if r.gflop is not None else "n/a"
+        frel = f"{r.gflop / ref.gflop:.2f}x" if ref and r.gflop and ref.gflop else "-"
+        lines.append(f"{r.name:<52} {peak:>9} {r.step_s:>8.3f} {rel:>11} {gflop:>7} {frel:>6} {r.loss:>9.5f}"
+                     + ("" if r.freed else "  (NOT freed)"))
+    if any(r.peak_estimated for r in results):
+        lines.append("~ = CPU estimate: peak of live tensor bytes (varnet_ds.profiling.memtrack); a GPU adds "
+                     "cuDNN/cuFFT workspaces (see README)")
+    drift = reference_drift(results)
+    if drift:
+        peak = f", peak {drift['peak_gib']:+.3f} GiB" if drift["peak_gib"] is not None else ""
+        lines.append(f"reference drift (repeat vs first): step {100 * drift['step_rel']:+.1f} %{peak}")
+    return "\n".join(lines)
+
+
+def format_augment(rows: List, shape: Tuple[int, int, int]) -> str:
+    lines = [f"MRAugment p=1 (all transforms), {shape[0]} coils x {shape[1]}x{shape[2]}, per slice:"]
+    for r in rows:
+        if r.error:
+            lines.append(f"{r.name:<44} failed: {r.error}")
             continue
-        finally:
-            torch.set_num_threads(threads)
-        row = AugmentResult(name, dev, r["ms_per_slice"], r["ms_min"], r["ms_max"], r["threads"])
-        if dev == "cuda":
-            row.frac_of_ref_step = r["ms_per_slice"] / (1000 * ref_step_s) if ref_step_s else None
-            row.frac_of_fastest_step = r["ms_per_slice"] / (1000 * fastest_step_s) if fastest_step_s else None
-        elif fastest_step_s:
-            row.workers_to_keep_up = math.ceil(r["ms_per_slice"] / (1000 * fastest_step_s))
-        rows.append(row)
-    return rows
+        text = f"{r.name:<44} {r.ms_per_slice:>8.1f} ms (min {r.ms_min:.1f}, max {r.ms_max:.1f})"
+        if r.frac_of_ref_step is not None:
+            verdict = "ok" if r.frac_of_ref_step <= AUG_TARGET else "over"
+            text += f" = {100 * r.frac_of_ref_step:.1f} % of the reference step (target <= 5 %: {verdict})"
+        if r.frac_of_fastest_step is not None:
+            text += f", {100 * r.frac_of_fastest_step:.1f} % of our fastest step"
+        if r.workers_to_keep_up is not None:
+            text += f"; {r.workers_to_keep_up} worker(s) keep up with our fastest step"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def format_plan(out: dict) -> str:
+    lines = [f"memory planner: budget {out['budget_gib']:g} GiB, margin {out['margin']:.0%}, "
+             f"DeepSpeed margin from {Path(out['ds_config']).name}"]
+    if "shape" in out:
+        lines.append(f"shape: {out['shape'][0]} coils x {out['shape'][1]}x{out['shape'][2]}, batch 1")
+    for p in out.get("profiles", []):
+        lines.append(f"  {p['policy']:<52} peak {p['peak_gib']:6.2f} GiB (incl. {p['ds_extra_gib']:.2f} DS) "
+                     f"{p['step_s']:7.3f} s/step")
+    if "choice" in out:
+        lines.append(f"chose {out['choice']['reason']}")
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager
@@ -317,7 +190,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plan(args, model_kw: dict) -> Tuple[dict, int]:
-    from varnet_ds.planner import BudgetError, PlannerError, Policy, choose_policy, largest_shape, profile_policies
+    from varnet_ds.profiling.planner import (
+        BudgetError,
+        PlannerError,
+        Policy,
+        choose_policy,
+        largest_shape,
+        profile_policies,
+    )
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     policies = [Policy(c, pr, k) for c in args.checkpointing for pr in args.precision
@@ -376,7 +256,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 doc["augment"] = [asdict(r) for r in rows]
                 text.append(format_augment(rows, args.shape))
         if args.comms and args.step_time:
-            from varnet_ds.comms import LINKS, comms_table, zero2_comm_estimate
+            from varnet_ds.profiling.comms import LINKS, comms_table, zero2_comm_estimate
 
             num_params = count_parameters(VarNet(**model_kw))
             doc["comms"] = [dict(zero2_comm_estimate(num_params, args.world_size, args.step_time, gbps), link=name)

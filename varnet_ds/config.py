@@ -59,9 +59,9 @@ class ModelConfig:
     pools: int = 4
     sens_chans: int = 8
     sens_pools: int = 4
-    checkpointing: str = "cascades"  # none | cascades | all | selective | selective_all (see varnet_ds.model)
+    checkpointing: str = "cascades"  # none | cascades | all | selective | selective_all (see varnet_ds.model.varnet)
     sens_chunk: int = 0  # coils per sensitivity U-Net call (0 = all); under all/selective_all one checkpoint each
-    compile: bool = False  # torch.compile the U-Nets (one shared graph, varnet_ds.compiled); GPU speed lever
+    compile: bool = False  # torch.compile the U-Nets (one shared graph, varnet_ds.model.compiled); GPU speed lever
 
 
 @dataclass

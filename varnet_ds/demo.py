@@ -53,7 +53,7 @@ def say(msg: str) -> None:
 
 
 def make_data(fresh: bool) -> None:
-    from varnet_ds.data.synth import write_dataset
+    from varnet_ds.sim.synth import write_dataset
 
     stamp = DATA / ".complete"
     spec = repr(sorted(DEMO_SETS.items()))

@@ -25,8 +25,9 @@ from varnet_ds.distributed import DistInfo, all_reduce_flags, barrier, load_ds_c
 from varnet_ds.evaluation import EvalOutput, EvalSplit, crop_pair, evaluate_split, model_inputs
 from varnet_ds.exits import EXIT_REQUEUE  # after a SIGTERM/SIGUSR1 checkpoint: "resume me"
 from varnet_ds.files import atomic_path
-from varnet_ds.memory_plan import apply_memory_plan
-from varnet_ds.model import build_model
+from varnet_ds.model.varnet import build_model
+from varnet_ds.model.weights import load_init_weights
+from varnet_ds.profiling.memory_plan import apply_memory_plan
 from varnet_ds.runtime import (
     build_train_loader,
     check_data,
@@ -37,7 +38,6 @@ from varnet_ds.runtime import (
 )
 from varnet_ds.selection import VOLUME_COLUMNS, ModelSelector, fp32_payload, volume_table_rows
 from varnet_ds.tracking import Tracker
-from varnet_ds.weights import load_init_weights
 
 
 class Trainer:

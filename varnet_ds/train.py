@@ -98,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from varnet_ds.data.check import DataError
     from varnet_ds.distributed import init_distributed
     from varnet_ds.engine import Trainer
-    from varnet_ds.planner import PlannerError
+    from varnet_ds.profiling.planner import PlannerError
 
     dist = init_distributed()
     try:

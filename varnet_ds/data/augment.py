@@ -7,18 +7,13 @@ fires when a uniform draw ``< weight * p``. The k-space keeps its shape ``(H, W)
 the sampling mask afterwards with the file's ``padding_left/right``; ``max_value`` stays the volume's (not ours).
 Geometric conventions (axes, signs, padding, rot90 on non-square images): :mod:`varnet_ds.data.augment_ops`.
 
-CLI::
-
-    python -m varnet_ds.data.augment --preview docs/augment_preview.png [--file H5 --slice N] [--seed K]
-    python -m varnet_ds.data.augment --bench
+Preview grid: ``python -m varnet_ds.sim.augment_preview``; timing: ``python -m varnet_ds.bench --augment``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import numbers
-import time
 from typing import Any, List, Optional, Sequence, Tuple
 
 import fastmri
@@ -28,7 +23,7 @@ from fastmri.data.transforms import center_crop
 from varnet_ds.config import AugConfig
 from varnet_ds.data.augment_ops import AugParams, transform_image
 
-__all__ = ["AugParams", "AugmentSchedule", "MRAugment", "bench_augment"]
+__all__ = ["AugParams", "AugmentSchedule", "MRAugment"]
 
 SCHEDULES = ("constant", "ramp", "exp")
 _WEIGHT_NAMES = ("fliph", "flipv", "rot90", "translation", "rotation", "shearing", "scaling")
@@ -281,132 +276,3 @@ class MRAugment:
         rss = fastmri.rss_complex(torch.view_as_real(images), dim=-3)
         cropped = (min(rss.shape[-2], size[0]), min(rss.shape[-1], size[1]))
         return center_crop(rss, cropped).to(torch.float32)
-
-
-def bench_augment(shape: Tuple[int, int, int] = (15, 640, 368), device: str = "cpu", repeats: int = 5,
-                  p: float = 1.0, upsample: bool = False) -> dict:
-    """Time :meth:`MRAugment.augment` on random k-space with every weight 1 (``p = 1``: all transforms fire).
-
-    Returns:
-        dict with ``ms_per_slice`` (median), ``ms_min``, ``ms_max``, ``shape``, ``device``, ``repeats``, ``p``,
-        ``upsample``, ``threads``.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats = {repeats}: must be >= 1")
-    cfg = AugConfig(upsample=upsample)
-    for name in _WEIGHT_NAMES:
-        setattr(cfg.weights, name, 1.0)
-    aug = MRAugment(cfg)
-    gen = torch.Generator().manual_seed(0)
-    kspace = torch.randn(*shape, dtype=torch.complex64, generator=gen).to(device)
-    times = []
-    for i in range(repeats + 1):  # first run is warm-up
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        aug.augment(kspace, (320, 320), p, generator=gen)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if i > 0:
-            times.append(1000.0 * (time.perf_counter() - start))
-    times.sort()
-    return dict(ms_per_slice=times[len(times) // 2], ms_min=times[0], ms_max=times[-1], shape=tuple(shape),
-                device=device, repeats=repeats, p=p, upsample=upsample, threads=torch.get_num_threads())
-
-
-def _load_slice(path: str, slice_idx: Optional[int]) -> Tuple[torch.Tensor, Tuple[int, int], int]:
-    """k-space ``[coils, H, W]`` (complex64), target size and slice index of a fastMRI multicoil file."""
-    import xml.etree.ElementTree as etree
-
-    import h5py
-    from fastmri.data.mri_data import et_query
-
-    try:
-        hf = h5py.File(path, "r")
-    except OSError as err:
-        raise FileNotFoundError(f"cannot open h5 file {path}: {err}") from None
-    with hf:
-        if "kspace" not in hf or hf["kspace"].ndim != 4:
-            raise ValueError(f"{path}: needs a multicoil 'kspace' dataset [slices, coils, H, W]")
-        num = hf["kspace"].shape[0]
-        idx = num // 2 if slice_idx is None else slice_idx
-        if not 0 <= idx < num:
-            raise ValueError(f"{path}: --slice {idx} out of range [0, {num})")
-        kspace = torch.from_numpy(hf["kspace"][idx].astype("complex64"))
-        if "reconstruction_rss" in hf:
-            size = tuple(hf["reconstruction_rss"].shape[-2:])
-        else:
-            root = etree.fromstring(hf["ismrmrd_header"][()])
-            rec = ["encoding", "reconSpace", "matrixSize"]
-            size = (int(et_query(root, rec + ["x"])), int(et_query(root, rec + ["y"])))
-    return kspace, (int(size[0]), int(size[1])), idx
-
-
-def write_preview(out: str, file: Optional[str] = None, slice_idx: Optional[int] = None, seed: int = 0,
-                  draws: int = 5, upsample: bool = False,
-                  p_values: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> None:
-    """PNG grid of augmented targets of one knee slice: one row per ``p``, ``draws`` columns, default weights."""
-    import tempfile
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if file is None:
-            from varnet_ds.data.synth import write_dataset
-
-            file = str(write_dataset("knee", tmp, volumes=1, slices=3, seed=seed)[0])
-            label = "simulated knee (varnet_ds.data.synth)"
-        else:
-            label = str(file)
-        kspace, size, idx = _load_slice(file, slice_idx)
-    aug = MRAugment(AugConfig(upsample=upsample))
-    fig, axes = plt.subplots(len(p_values), draws, figsize=(1.7 * draws, 1.95 * len(p_values)), squeeze=False)
-    vmax = None
-    for row, p in enumerate(p_values):
-        gen = torch.Generator().manual_seed(seed + row)
-        for col in range(draws):
-            _, target = aug.augment(kspace, size, p, generator=gen)
-            vmax = float(target.max()) if vmax is None else vmax
-            ax = axes[row, col]
-            ax.imshow(target.numpy(), cmap="gray", vmin=0.0, vmax=vmax)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            desc = aug.last_params.describe().split(" ")
-            ax.set_title(" ".join(desc[:3]) + ("\n" + " ".join(desc[3:]) if len(desc) > 3 else ""), fontsize=6)
-            if col == 0:
-                ax.set_ylabel(f"p = {p:g}", fontsize=9)
-    fig.suptitle(f"MRAugment targets, {label} slice {idx}, k-space {tuple(kspace.shape)}, target {size}",
-                 fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    print(f"wrote {out}")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m varnet_ds.data.augment", description=__doc__.split("\n")[0])
-    parser.add_argument("--preview", metavar="OUT.png", help="write a grid of augmented targets")
-    parser.add_argument("--file", help="fastMRI multicoil h5 (default: one simulated knee volume)")
-    parser.add_argument("--slice", type=int, default=None, help="slice index (default: middle)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--draws", type=int, default=5, help="draws per p value")
-    parser.add_argument("--upsample", action="store_true", help="affine on a 2x upsampled grid")
-    parser.add_argument("--bench", action="store_true", help="ms per knee slice 15x640x368 on one CPU thread")
-    args = parser.parse_args(argv)
-    if not args.preview and not args.bench:
-        parser.error("nothing to do: give --preview OUT.png and/or --bench")
-    if args.bench:
-        torch.set_num_threads(1)
-        for up in (False, True):
-            res = bench_augment(upsample=up)
-            print(f"MRAugment 15x640x368 cpu 1 thread, all transforms, upsample={up}: "
-                  f"{res['ms_per_slice']:.1f} ms/slice (min {res['ms_min']:.1f}, max {res['ms_max']:.1f})")
-    if args.preview:
-        write_preview(args.preview, args.file, args.slice, args.seed, args.draws, args.upsample)
-
-
-if __name__ == "__main__":
-    main()

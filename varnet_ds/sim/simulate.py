@@ -14,7 +14,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from varnet_ds.data import brain_anatomy, knee_phantom, mri_physics
+from varnet_ds.sim import brain_anatomy, knee_phantom, mri_physics
 
 ANATOMIES = ("knee", "brain")
 ACQUISITION_CONTRAST = {

@@ -5,9 +5,9 @@ The files have fastMRI's multicoil layout (``kspace`` [slices, coils, H, W] comp
 are read unchanged by ``fastmri.data.SliceDataset(..., challenge="multicoil")``.
 
 Usage:
-    python -m varnet_ds.data.synth knee --out data/knee/train --volumes 8
-    python -m varnet_ds.data.synth brain --out data/brain --volumes 4 --shape 320x160 --coils 8
-    python -m varnet_ds.data.synth knee --preview docs/synth_preview.png   # no files written
+    python -m varnet_ds.sim.synth knee --out data/knee/train --volumes 8
+    python -m varnet_ds.sim.synth brain --out data/brain --volumes 4 --shape 320x160 --coils 8
+    python -m varnet_ds.sim.synth knee --preview docs/synth_preview.png   # no files written
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import List, Optional, Sequence
 import h5py
 import numpy as np
 
-from varnet_ds.data.fastmri_header import ismrmrd_header
-from varnet_ds.data.simulate import (
+from varnet_ds.sim.fastmri_header import ismrmrd_header
+from varnet_ds.sim.simulate import (
     ACQUISITION_CONTRAST,
     ANATOMIES,
     MAX_VOLUMES,
@@ -34,7 +34,7 @@ from varnet_ds.data.simulate import (
     simulate_volume,
 )
 
-SIMULATOR = "varnet_ds.data.synth"
+SIMULATOR = "varnet_ds.sim.synth"
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def write_dataset(anatomy: str, out_dir, volumes: int = 2, slices: Optional[int]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m varnet_ds.data.synth", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m varnet_ds.sim.synth", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("anatomy", choices=ANATOMIES)
     p.add_argument("--out", type=Path, help="output folder (optional with --preview)")
@@ -162,7 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for v in written:
                 print("  " + v.describe())
         if args.preview is not None:
-            from varnet_ds.data.synth_preview import render_preview
+            from varnet_ds.sim.synth_preview import render_preview
 
             t0 = time.perf_counter()
             render_preview(args.preview, seed=args.seed, shape=args.shape, coils=args.coils)

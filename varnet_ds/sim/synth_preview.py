@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from varnet_ds.data import mri_physics
-from varnet_ds.data.simulate import make_spec, simulate_volume
+from varnet_ds.sim import mri_physics
+from varnet_ds.sim.simulate import make_spec, simulate_volume
 
 PANELS = (("knee", "CORPD_FBK"), ("knee", "CORPDFS_FBK"), ("brain", "AXT1"), ("brain", "AXT2"),
           ("brain", "AXFLAIR"), ("brain", "AXT1POST"))
@@ -61,7 +61,7 @@ def render_preview(path, seed: int = 0, shape=None, coils: Optional[int] = None,
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"varnet_ds.data.synth preview (seed {seed}): fastMRI-format multicoil simulation", fontsize=11)
+    fig.suptitle(f"varnet_ds.sim.synth preview (seed {seed}): fastMRI-format multicoil simulation", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)

@@ -5,7 +5,7 @@
     cfg.model.checkpointing, cfg.train.precision = choice.policy.checkpointing, choice.policy.precision
 
 Steps: :func:`largest_shape` reads the data folders' headers; :func:`profile_policies` trains a fresh
-:class:`~varnet_ds.model.VarNetDS` for a few steps per policy on the actual CUDA device (plain PyTorch: Adam,
+:class:`~varnet_ds.model.varnet.VarNetDS` for a few steps per policy on the actual CUDA device (plain PyTorch: Adam,
 fastMRI ``SSIMLoss``; no DeepSpeed and no process group needed) and records the peak of
 ``torch.cuda.max_memory_allocated`` over all steps, warm-up included, and the median step time after warm-up;
 :func:`choose_policy` (a pure function) takes the fastest policy with ``peak x (1 + margin) <= budget``.
@@ -21,7 +21,7 @@ GPU that is 0.149 + 0.112 = 0.261 GiB.
 CPU: PyTorch has no peak-memory counter for CPU tensors and CPU step times say nothing about GPU ones, so the
 planner only works on CUDA; on CPU set ``model.checkpointing`` / ``train.precision`` by hand. To see what each
 policy would need on a GPU before you have one, ``python -m varnet_ds.bench --ds none zero2 --shape ...`` prints
-CPU estimates of every policy's peak (:mod:`varnet_ds.memtrack`).
+CPU estimates of every policy's peak (:mod:`varnet_ds.profiling.memtrack`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 from fastmri.data.transforms import center_crop_to_smallest
 from fastmri.losses import SSIMLoss
 
-from varnet_ds.model import CHECKPOINTING, PRECISIONS, SENS_CHECKPOINTED, VarNetDS, count_parameters
+from varnet_ds.model.varnet import CHECKPOINTING, PRECISIONS, SENS_CHECKPOINTED, VarNetDS, count_parameters
 
 GIB = 2**30
 PathLike = Union[str, Path]

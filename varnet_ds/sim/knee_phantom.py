@@ -14,7 +14,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from varnet_ds.data.phantom_shapes import (
+from varnet_ds.sim.phantom_shapes import (
     Canvas,
     ap_factor,
     capsule,

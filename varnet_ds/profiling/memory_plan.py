@@ -1,8 +1,8 @@
 """``train.memory_budget_gib`` at the start of a run: profile on rank 0, pick the fastest fitting policy, apply it.
 
-Every rank calls :func:`apply_memory_plan` before the model is built; rank 0 profiles (``varnet_ds.planner.plan``)
-with its RNG state saved and restored, so the initial weights do not depend on the plan, and the choice (or the
-failure) is broadcast so all ranks apply the same policy (or raise the same error).
+Every rank calls :func:`apply_memory_plan` before the model is built; rank 0 profiles
+(``varnet_ds.profiling.planner.plan``) with its RNG state saved and restored, so the initial weights do not depend on
+the plan, and the choice (or the failure) is broadcast so all ranks apply the same policy (or raise the same error).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def apply_memory_plan(cfg: DictConfig, dist: DistInfo, ds_config_path: str) -> D
     Raises:
         PlannerError: on every rank, when no policy fits or the device cannot be profiled.
     """
-    from varnet_ds.planner import plan
+    from varnet_ds.profiling.planner import plan
 
     choice: object = None
     if dist.is_main:

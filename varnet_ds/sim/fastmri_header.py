@@ -11,7 +11,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Dict, Tuple
 
-from varnet_ds.data.simulate import VolumeSpec
+from varnet_ds.sim.simulate import VolumeSpec
 
 NAMESPACE = "http://www.ismrm.org/ISMRMRD"
 

@@ -46,7 +46,7 @@ from fastmri.models.varnet import NormUnet
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from varnet_ds.compiled import compiled_norm_unet
+from varnet_ds.model.compiled import compiled_norm_unet
 
 CHECKPOINTING = ("none", "cascades", "all", "selective", "selective_all")
 SENS_CHECKPOINTED = ("all", "selective_all")  # policies that checkpoint the sensitivity network
@@ -102,7 +102,7 @@ class PrecisionNormUnet(NormUnet):
         self.bf16 = bf16
         self.chunk = chunk  # batch elements per U-Net call (0: all at once)
         self.checkpoint_chunks = checkpoint_chunks  # each chunk its own checkpoint (training only)
-        self.compiled = compiled  # run through the shared torch.compile'd forward (varnet_ds.compiled)
+        self.compiled = compiled  # run through the shared torch.compile'd forward (varnet_ds.model.compiled)
 
     def _norm_unet(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled:
@@ -138,7 +138,7 @@ class VarNetDS(VarNet):
         checkpointing: ``none`` | ``cascades`` | ``all`` | ``selective`` | ``selective_all``.
         precision: ``fp32`` | ``bf16`` (autocast U-Nets, fp32 FFT islands).
         sens_chunk: coils per sensitivity U-Net call (0: all at once); see the module docstring.
-        compile_unets: run every U-Net through one shared ``torch.compile`` graph (:mod:`varnet_ds.compiled`).
+        compile_unets: run every U-Net through one shared ``torch.compile`` graph (:mod:`varnet_ds.model.compiled`).
     """
 
     def __init__(

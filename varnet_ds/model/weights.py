@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from varnet_ds.config import ModelConfig, load_config
-from varnet_ds.model import VarNetDS
+from varnet_ds.model.varnet import VarNetDS
 
 PathLike = Union[str, Path]
 SIZE_KEYS = ("num_cascades", "chans", "pools", "sens_chans", "sens_pools")
