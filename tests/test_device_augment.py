@@ -8,7 +8,7 @@ from varnet_ds.config import load_config
 from varnet_ds.data.augment import AugmentSchedule, MRAugment
 from varnet_ds.data.datasets import build_train_dataset
 from varnet_ds.data.device_augment import FullySampledSample, augment_and_mask
-from varnet_ds.runtime import PerSampleSeed
+from varnet_ds.data.loader import PerSampleSeed
 
 
 def _dataset(synth_dirs, device="cuda"):

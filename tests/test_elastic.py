@@ -301,7 +301,7 @@ def test_skip_sampler_splits_the_global_order():
     """Same world size: exactly DistributedSampler minus the batches done; any other: the order's rest, split."""
     from torch.utils.data import DistributedSampler
 
-    from varnet_ds.runtime import SkipSampler
+    from varnet_ds.data.loader import SkipSampler
 
     for n in (1, 5, 9, 10):
         data = list(range(n))

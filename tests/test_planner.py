@@ -10,7 +10,6 @@ from varnet_ds.config import ModelConfig
 from varnet_ds.data.check import DataError
 from varnet_ds.profiling import planner
 from varnet_ds.profiling.planner import (
-    GIB,
     POLICIES,
     BudgetError,
     PlannerError,
@@ -24,6 +23,7 @@ from varnet_ds.profiling.planner import (
     profile_policies,
 )
 from varnet_ds.sim.synth import write_dataset
+from varnet_ds.system import GIB
 
 DS = Path(__file__).resolve().parent.parent / "ds_configs"
 TINY = dict(num_cascades=1, chans=4, pools=2, sens_chans=2, sens_pools=2)

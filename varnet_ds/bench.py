@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -44,6 +43,7 @@ from fastmri.models import VarNet
 
 from varnet_ds.model.varnet import CHECKPOINTING, SENS_CHECKPOINTED, count_parameters
 from varnet_ds.profiling.benchmark import DS_DIR, REFERENCE, bench_augment_rows, run
+from varnet_ds.system import versions
 
 SHAPES: Dict[str, Tuple[int, int, int]] = {  # coils, H, W
     "knee": (15, 640, 368),
@@ -68,10 +68,7 @@ def parse_shape(text: str) -> Tuple[int, int, int]:
 
 def header() -> Dict[str, str]:
     """Device, library versions and date of this run."""
-    import deepspeed
-
-    return dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
-                torch=torch.__version__, deepspeed=deepspeed.__version__, date=time.strftime("%Y-%m-%d"))
+    return {k: v for k, v in versions().items() if k in ("device", "torch", "deepspeed", "date")}
 
 
 def header_line(h: Dict[str, str]) -> str:

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 import torch
 
@@ -158,6 +158,15 @@ def barrier() -> None:
     """Synchronise all ranks (no-op without a process group)."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def all_gather_object(items: list) -> list:
+    """Every rank's list, concatenated in rank order, on every rank (a collective; the input without one)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return list(items)
+    buckets: List[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(buckets, list(items))
+    return [item for bucket in buckets for item in bucket]
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

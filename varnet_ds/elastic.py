@@ -16,17 +16,17 @@ What carries over and what cannot:
   is refused (:class:`~varnet_ds.checkpoint.CheckpointError`, exit code 2).
 - **Data position.** Checkpoints store the samples of the epoch's global order already trained
   (``samples_in_epoch``; older checkpoints: ``batch_in_epoch x data.batch_size x world size``). The resumed run
-  skips exactly those and splits the rest across its ranks (:class:`varnet_ds.runtime.SkipSampler`).
+  skips exactly those and splits the rest across its ranks (:class:`varnet_ds.data.loader.SkipSampler`).
 - **Random numbers.** Masks and MRAugment draws are seeded per sample from (run.seed, epoch, file, slice), so they
   carry over. The per-rank Python/NumPy/torch streams cannot (there is no "rank 3 of 2"): after a world-size
-  change every rank seeds them from (run.seed, global step, rank) (:func:`reseed`).
+  change every rank seeds them from (run.seed, global step, rank)
+  (:func:`varnet_ds.seeding.reseed_after_world_size_change`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from varnet_ds import checkpoint as ckpt
@@ -208,7 +206,7 @@ def samples_in_epoch(state: Dict[str, Any], plan: ResumePlan, batch_size: int) -
 
 
 def restore_position(train, epoch: int, done: int) -> int:
-    """Point the training data (:class:`varnet_ds.runtime.TrainData`) at ``done`` samples into ``epoch``.
+    """Point the training data (:class:`varnet_ds.data.loader.TrainData`) at ``done`` samples into ``epoch``.
 
     Returns:
         The per-rank batch index to continue from (``batch_in_epoch``); when ``done`` is not a whole number of
@@ -221,11 +219,3 @@ def restore_position(train, epoch: int, done: int) -> int:
         return done // per_batch
     train.start = (epoch, done)
     return 0
-
-
-def reseed(seed: int, step: int, rank: int) -> None:
-    """Per-rank Python/NumPy/torch streams after a world-size change: derived from (run.seed, global step, rank)."""
-    s = int(np.random.SeedSequence([int(seed), int(step), int(rank)]).generate_state(1)[0])
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)

@@ -21,6 +21,8 @@ from varnet_ds import checkpoint as ckpt
 from varnet_ds import elastic
 from varnet_ds.config import check_rerun_config, save_config, to_dict
 from varnet_ds.console import EvalConsole, TrainProgress
+from varnet_ds.data.loader import build_train_loader
+from varnet_ds.data.preflight import check_data
 from varnet_ds.distributed import DistInfo, all_reduce_flags, barrier, load_ds_config
 from varnet_ds.evaluation import EvalOutput, EvalSplit, crop_pair, evaluate_split, model_inputs
 from varnet_ds.exits import EXIT_REQUEUE  # after a SIGTERM/SIGUSR1 checkpoint: "resume me"
@@ -28,15 +30,9 @@ from varnet_ds.files import atomic_path
 from varnet_ds.model.varnet import build_model
 from varnet_ds.model.weights import load_init_weights
 from varnet_ds.profiling.memory_plan import apply_memory_plan
-from varnet_ds.runtime import (
-    build_train_loader,
-    check_data,
-    peak_memory_gib,
-    reset_peak_memory,
-    seed_everything,
-    versions,
-)
+from varnet_ds.seeding import reseed_after_world_size_change, seed_process
 from varnet_ds.selection import VOLUME_COLUMNS, ModelSelector, fp32_payload, volume_table_rows
+from varnet_ds.system import peak_memory_gib, reset_peak_memory, versions
 from varnet_ds.tracking import Tracker
 
 
@@ -56,7 +52,7 @@ class Trainer:
         self.run_dir = Path(cfg.run.out_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         ds_cfg = load_ds_config(ds_config_path, cfg.data.batch_size, cfg.train.grad_accum)
-        seed_everything(cfg.run.seed, dist.rank, cfg.train.deterministic)
+        seed_process(cfg.run.seed, dist.rank, cfg.train.deterministic)
         self.config_changes = check_rerun_config(cfg, self.run_dir / "config.yaml")  # every rank: all refuse
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +127,7 @@ class Trainer:
         self.batch_in_epoch = elastic.restore_position(self.train, self.epoch, done)
         self.scheduler.load_state_dict(state["scheduler"])
         if plan.changed:  # per-rank RNG streams cannot carry over to other ranks
-            elastic.reseed(self.cfg.run.seed, self.global_step, self.dist.rank)
+            reseed_after_world_size_change(self.cfg.run.seed, self.global_step, self.dist.rank)
         if self.dist.is_main:
             print(f"[varnet_ds] resumed from {self.ckpt_dir / plan.load_tag} (step {self.global_step}, epoch "
                   f"{self.epoch}, {done} samples of the epoch done)", flush=True)

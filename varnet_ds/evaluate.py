@@ -42,7 +42,8 @@ from varnet_ds.exits import EXIT_BAD_DATA, EXIT_USAGE
 from varnet_ds.files import strict_json
 from varnet_ds.metrics import VolumeResult, evaluation_crop, summarize, volume_metrics
 from varnet_ds.model.varnet import PRECISIONS, VarNetDS
-from varnet_ds.model.weights import FASTMRI_SIZES, SIZE_KEYS, load_model, model_sizes, resolve_device
+from varnet_ds.model.weights import FASTMRI_SIZES, SIZE_KEYS, load_model, model_sizes
+from varnet_ds.system import resolve_device
 
 PathLike = Union[str, Path]
 DEFAULT_ACCELERATION = 4

@@ -32,9 +32,10 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tu
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from fastmri import evaluate
 from fastmri.data.transforms import center_crop
+
+from varnet_ds.distributed import all_gather_object
 
 METRIC_NAMES = ("ssim", "psnr", "nmse")
 
@@ -231,11 +232,7 @@ def gather(results: Sequence[VolumeResult]) -> List[VolumeResult]:
     Uses ``torch.distributed.all_gather_object`` when a process group is initialised (a collective: call it
     on every rank; with NCCL the current CUDA device must be set), otherwise returns the input de-duplicated.
     """
-    merged: List[VolumeResult] = [VolumeResult(*r) for r in results]
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        buckets: List[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(buckets, merged)
-        merged = [VolumeResult(*r) for bucket in buckets for r in bucket]
+    merged = [VolumeResult(*r) for r in all_gather_object([tuple(r) for r in results])]
     unique: Dict[Tuple[str, int], VolumeResult] = {}
     for r in merged:
         key = (r.fname, r.acceleration)

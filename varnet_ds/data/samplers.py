@@ -12,15 +12,15 @@ every rank to the same number of samples so that collective ops stay in lock-ste
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from fastmri.data import VolumeSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from varnet_ds.seeding import seed_globals, worker_seed
 
 
 def build_train_sampler(dataset: Dataset, num_replicas: int, rank: int, seed: int) -> DistributedSampler:
@@ -100,15 +100,6 @@ class DistributedVolumeSampler(VolumeSampler):
         return self.num_samples
 
 
-def worker_seed(base_seed: int, epoch: int, rank: int, worker_id: int) -> int:
-    """A 32-bit seed unique to (run seed, epoch, rank, worker), reproducible from the run seed."""
-    parts = {"base_seed": base_seed, "epoch": epoch, "rank": rank, "worker_id": worker_id}
-    for name, value in parts.items():
-        if int(value) < 0:
-            raise ValueError(f"worker_seed: {name} = {value} must be >= 0")
-    return int(np.random.SeedSequence([int(v) for v in parts.values()]).generate_state(1)[0])
-
-
 def seed_worker(base_seed: int, epoch: int, rank: int, worker_id: int, transform: Optional[Any] = None) -> int:
     """Seed ``random``, NumPy, torch and (if given) a transform's mask/augmentation RNGs; return the seed.
 
@@ -120,9 +111,7 @@ def seed_worker(base_seed: int, epoch: int, rank: int, worker_id: int, transform
         transform: A ``VarNetTransform`` (anything with ``reseed(int)``) or None.
     """
     seed = worker_seed(base_seed, epoch, rank, worker_id)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_globals(seed)
     if transform is not None and hasattr(transform, "reseed"):
         transform.reseed(seed)
     return seed

@@ -13,6 +13,7 @@ import torch
 
 from varnet_ds.config import ModelConfig, load_config
 from varnet_ds.model.varnet import VarNetDS
+from varnet_ds.system import resolve_device
 
 PathLike = Union[str, Path]
 SIZE_KEYS = ("num_cascades", "chans", "pools", "sens_chans", "sens_pools")
@@ -158,14 +159,6 @@ def load_model(
     model.source_checkpoint = str(path)
     model.checkpoint_step = info.get("global_step")
     return model.to(resolve_device(device)).eval()
-
-
-def resolve_device(device: Union[str, torch.device]) -> torch.device:
-    """``torch.device`` from a name; a clear error when CUDA is asked for and missing."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here (torch.cuda.is_available() is False)")
-    return dev
 
 
 def load_init_weights(model: torch.nn.Module, path: str) -> None:

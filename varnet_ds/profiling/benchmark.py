@@ -20,7 +20,8 @@ from varnet_ds.config import AugConfig
 from varnet_ds.data.augment import MRAugment
 from varnet_ds.model.varnet import VarNetDS
 from varnet_ds.profiling.memtrack import measure_step
-from varnet_ds.profiling.planner import GIB, make_batch, release_memory, time_steps, train_step_fn
+from varnet_ds.profiling.planner import make_batch, time_steps, train_step_fn
+from varnet_ds.system import GIB, release_memory
 
 REFERENCE = "reference fp32 (plain PyTorch)"
 DS_DIR = Path(__file__).resolve().parents[2] / "ds_configs"

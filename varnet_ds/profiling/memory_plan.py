@@ -11,8 +11,8 @@ from typing import Any, Dict
 
 from omegaconf import DictConfig
 
-from varnet_ds.checkpoint import rng_state, set_rng_state
 from varnet_ds.distributed import DistInfo, broadcast_object
+from varnet_ds.seeding import fork_rng
 
 
 def apply_memory_plan(cfg: DictConfig, dist: DistInfo, ds_config_path: str) -> Dict[str, Any]:
@@ -29,13 +29,12 @@ def apply_memory_plan(cfg: DictConfig, dist: DistInfo, ds_config_path: str) -> D
     choice: object = None
     if dist.is_main:
         folders = [p for p in (cfg.data.train_path, cfg.data.val_path, cfg.data.transfer_path) if p]
-        rng = rng_state()
         try:
-            choice = plan(cfg.model, folders, cfg.train.memory_budget_gib, dist.device,
-                          batch_size=cfg.data.batch_size, ds_config=ds_config_path, world_size=dist.world_size)
+            with fork_rng():  # profiling must not change the initial weights
+                choice = plan(cfg.model, folders, cfg.train.memory_budget_gib, dist.device,
+                              batch_size=cfg.data.batch_size, ds_config=ds_config_path, world_size=dist.world_size)
         except Exception as err:  # every rank must learn about the failure
             choice = err
-        set_rng_state(rng)  # profiling must not change the initial weights
     choice = broadcast_object(choice)
     if isinstance(choice, Exception):
         raise choice

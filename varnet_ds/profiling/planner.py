@@ -26,7 +26,6 @@ CPU estimates of every policy's peak (:mod:`varnet_ds.profiling.memtrack`).
 
 from __future__ import annotations
 
-import gc
 import json
 import statistics
 import time
@@ -39,8 +38,8 @@ from fastmri.data.transforms import center_crop_to_smallest
 from fastmri.losses import SSIMLoss
 
 from varnet_ds.model.varnet import CHECKPOINTING, PRECISIONS, SENS_CHECKPOINTED, VarNetDS, count_parameters
+from varnet_ds.system import GIB, release_memory
 
-GIB = 2**30
 PathLike = Union[str, Path]
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 MODEL_KEYS = ("num_cascades", "chans", "pools", "sens_chans", "sens_pools")
@@ -167,14 +166,6 @@ def time_steps(step: Callable[[], float], device: torch.device, steps: int) -> T
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     return times, loss
-
-
-def release_memory(device: torch.device) -> None:
-    """Collect garbage (engine/optimizer cycles) and hand cached CUDA blocks back, so the next run starts clean."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
 
 
 def model_kwargs(model_cfg: Any) -> Dict[str, int]:
