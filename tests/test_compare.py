@@ -1,7 +1,7 @@
 """Tests of analysis/compare.py: the knee->brain comparison report built from two synthetic run folders.
 
 The run folders are written with the trainer's own writers (``varnet_ds.config.save_config`` and
-``varnet_ds.tracking.Tracker`` with W&B disabled), so the report is tested against the real file format.
+``varnet_ds.tracking.tracker.Tracker`` with W&B disabled), so the report is tested against the real file format.
 Run A ("baseline"): 3 epochs, knee and brain evaluations, both per-volume tables. Run B ("mraugment"): 2 epochs,
 aug_p > 0, no knee evaluations or knee table (missing split), a preemption/resume, a duplicated train row, an
 extra unmatched brain volume, a different eval setting and a torn last line -- all of which must be flagged.
@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from varnet_ds.config import load_config, save_config
-from varnet_ds.tracking import Tracker
+from varnet_ds.tracking.tracker import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # analysis/ is a top-level folder of the repo, not an installed package
@@ -56,7 +56,7 @@ def _metrics(ssim: float) -> Dict[str, float]:
 
 
 def _log_eval(tracker: Tracker, split: str, step: int, epoch: int, ssim: float, acquisitions: List[str]) -> None:
-    """Overall, per-acceleration, per-acquisition and per-both rows as varnet_ds.metrics.summarize shapes them."""
+    """Overall, per-acceleration, per-acquisition and per-both rows as varnet_ds.eval.metrics.summarize shapes them."""
     keys = [(None, None)] + [(None, a) for a in ACC_OFFSET] + [(q, None) for q in acquisitions]
     keys += [(q, a) for q in acquisitions for a in ACC_OFFSET]
     for acq, acc in keys:

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from varnet_ds.console import EvalConsole, TrainProgress, batches_per_epoch, format_duration, total_steps
-from varnet_ds.evaluation import EvalSplit
+from varnet_ds.eval.validate import EvalSplit
 
 
 class Clock:

@@ -17,15 +17,10 @@ from fastmri.models import VarNet
 
 from varnet_ds.config import load_config, save_config
 from varnet_ds.data.check import DataError, check_file
-from varnet_ds.evaluate import (
-    evaluate_folder,
-    load_model,
-    main,
-    mask_summary,
-    model_sizes,
-    submission_crop,
-)
+from varnet_ds.eval.export import evaluate_folder, mask_summary, submission_crop
+from varnet_ds.evaluate import main
 from varnet_ds.model.varnet import VarNetDS
+from varnet_ds.model.weights import load_model, model_sizes
 
 TINY = {"num_cascades": 1, "chans": 4, "pools": 2, "sens_chans": 2, "sens_pools": 2}
 

@@ -1,4 +1,4 @@
-"""Tests for varnet_ds.metrics: fastMRI metric definitions, per-volume accumulation, gathering, summaries."""
+"""Tests for varnet_ds.eval.metrics: fastMRI metric definitions, per-volume accumulation, gathering, summaries."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastmri import evaluate
 from fastmri.data.transforms import center_crop
 from runstats import Statistics
 
-from varnet_ds.metrics import (
+from varnet_ds.eval.metrics import (
     VolumeAccumulator,
     VolumeResult,
     aggregate_stats,

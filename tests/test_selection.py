@@ -1,4 +1,4 @@
-"""Model selection by knee val SSIM (varnet_ds.selection) and the rerun guard of run folders (config_changes)."""
+"""Model selection by knee val SSIM (varnet_ds.eval.selection) and the rerun guard of run folders (config_changes)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from varnet_ds.config import ConfigError, check_rerun_config, config_changes, load_config, save_config, to_dict
-from varnet_ds.evaluation import EvalOutput
-from varnet_ds.metrics import VolumeResult, summarize
-from varnet_ds.selection import ModelSelector
+from varnet_ds.eval.metrics import VolumeResult, summarize
+from varnet_ds.eval.selection import ModelSelector
+from varnet_ds.eval.validate import EvalOutput
 
 
 def _outputs(knee_ssim: float, brain_ssim: float):

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from varnet_ds.config import load_config
-from varnet_ds.tracking import Tracker, has_wandb_credentials, read_metrics, resolve_wandb_mode
-from varnet_ds.wandb_run import wandb_base_url, wandb_credentials
+from varnet_ds.tracking.metrics_file import read_rows as read_metrics
+from varnet_ds.tracking.tracker import Tracker
+from varnet_ds.tracking.wandb_run import has_wandb_credentials, resolve_wandb_mode, wandb_base_url, wandb_credentials
 
 
 @pytest.fixture
@@ -153,11 +154,12 @@ def test_other_ranks_write_nothing(wandb_env):
     tracker.log({"step": 1, "epoch": 0, "split": "train", "loss": 1.0})
     assert tracker.log_images(1, 0, "val_knee", {"target": np.ones((8, 8))}) is None
     assert tracker.log_table("t", ["a"], [[1]]) is None
-    assert tracker.truncate_after(0) == 0 and tracker.wandb_id is None and tracker.finish() is None
+    assert tracker.truncate_rows(0) == 0 and tracker.set_aside_rows() is None
+    assert tracker.wandb_id is None and tracker.finish() is None
     assert not (wandb_env / "run").exists()
 
 
-def test_truncate_after_and_torn_line(wandb_env):
+def test_truncate_rows_and_torn_line(wandb_env):
     run_dir = wandb_env / "run"
     tracker = Tracker(_cfg("disabled"), run_dir, rank=0)
     for step in range(1, 7):
@@ -168,11 +170,11 @@ def test_truncate_after_and_torn_line(wandb_env):
     with pytest.warns(RuntimeWarning, match="torn last line"):
         assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     with pytest.warns(RuntimeWarning, match="torn last line"):
-        assert tracker.truncate_after(4) == 2
+        assert tracker.truncate_rows(4) == 2
     tracker.log({"step": 5, "epoch": 1, "split": "train", "loss": 0.3})  # resumed run appends after truncation
     tracker.finish()
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5]
-    assert not list(run_dir.glob("*.tmp"))
+    assert not [p for p in run_dir.iterdir() if "tmp" in p.name]
     (run_dir / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match="metrics.jsonl:2"):
         read_metrics(run_dir / "metrics.jsonl")
@@ -263,7 +265,7 @@ def test_offline_wandb_run_and_resume(wandb_env, monkeypatch, capsys):
     resumed = Tracker(_cfg("online", name="offline_unit"), run_dir, rank=0, resume_id=run_id)
     assert resumed.mode == "offline" and resumed.wandb_id == run_id
     assert "no API key" in capsys.readouterr().out
-    assert resumed.truncate_after(10) == 3
+    assert resumed.truncate_rows(2) == 3
     resumed.log({"step": 11, "epoch": 0, "split": "train", "loss": 0.125})
     resumed.finish()
     # W&B names offline run folders offline-run-<second>-<id>, adding "-1" when that name is taken

@@ -14,7 +14,7 @@ from test_tracking import _history, _wandb_records
 
 from analysis import wandb_report
 from varnet_ds.config import load_config, save_config
-from varnet_ds.tracking import Tracker
+from varnet_ds.tracking.tracker import Tracker
 
 STUDY = "k2b-study"
 ARMS = {"baseline": (0.60, 0.66), "mraugment": (0.58, 0.65)}  # (knee, brain) SSIM at the last epoch
@@ -178,7 +178,7 @@ def test_bad_input_exits_2_and_writes_nothing(study_root, no_network, tmp_path, 
 
 
 def test_group_rule_matches_the_tracker():
-    from varnet_ds.wandb_run import _GROUP_RE
+    from varnet_ds.tracking.wandb_run import _GROUP_RE
 
     assert wandb_report._GROUP_RE.pattern == _GROUP_RE.pattern
 

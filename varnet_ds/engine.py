@@ -24,16 +24,16 @@ from varnet_ds.console import EvalConsole, TrainProgress
 from varnet_ds.data.loader import build_train_loader
 from varnet_ds.data.preflight import check_data
 from varnet_ds.distributed import DistInfo, all_reduce_flags, barrier, load_ds_config
-from varnet_ds.evaluation import EvalOutput, EvalSplit, crop_pair, evaluate_split, model_inputs
+from varnet_ds.eval.selection import VOLUME_COLUMNS, ModelSelector, fp32_payload, volume_table_rows
+from varnet_ds.eval.validate import EvalOutput, EvalSplit, crop_pair, evaluate_split, model_inputs
 from varnet_ds.exits import EXIT_REQUEUE  # after a SIGTERM/SIGUSR1 checkpoint: "resume me"
 from varnet_ds.files import atomic_path
 from varnet_ds.model.varnet import build_model
 from varnet_ds.model.weights import load_init_weights
 from varnet_ds.profiling.memory_plan import apply_memory_plan
 from varnet_ds.seeding import reseed_after_world_size_change, seed_process
-from varnet_ds.selection import VOLUME_COLUMNS, ModelSelector, fp32_payload, volume_table_rows
 from varnet_ds.system import peak_memory_gib, reset_peak_memory, versions
-from varnet_ds.tracking import Tracker
+from varnet_ds.tracking.tracker import Tracker
 
 
 class Trainer:
@@ -143,17 +143,14 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "wandb_id": self.tracker.wandb_id,
             "metrics_rows": self.tracker.num_rows,  # rank 0's count; exact rollback on resume
-            "selected": self.selector.state_dict(),  # commits the best candidate (varnet_ds.selection)
+            "selected": self.selector.state_dict(),  # commits the best candidate (varnet_ds.eval.selection)
             "config": to_dict(self.cfg),
         }
 
     def _drop_stale_metrics(self) -> None:
         """A fresh start in a folder whose earlier run died before its first checkpoint: set its rows aside."""
-        path = self.run_dir / "metrics.jsonl"
-        if self.dist.is_main and self.tracker.num_rows > 0:
-            backup = path.with_name(f"metrics.stale-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
-            backup.write_bytes(path.read_bytes())
-            self.tracker.truncate_rows(0)
+        backup = self.tracker.set_aside_rows()
+        if backup is not None:
             print(f"[varnet_ds] no checkpoint to resume from; earlier rows moved to {backup}", flush=True)
 
     def save_checkpoint(self) -> str:

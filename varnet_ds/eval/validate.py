@@ -17,7 +17,7 @@ from fastmri.data.transforms import center_crop, center_crop_to_smallest, comple
 
 from varnet_ds.data.datasets import DistributedVolumeSampler, build_eval_dataset, build_loader, volume_table
 from varnet_ds.distributed import DistInfo
-from varnet_ds.metrics import VolumeAccumulator, VolumeResult, gather, summarize
+from varnet_ds.eval.metrics import VolumeAccumulator, VolumeResult, gather, summarize
 
 
 @dataclass
@@ -74,7 +74,7 @@ def evaluate_split(model: torch.nn.Module, split: EvalSplit, dist: DistInfo, num
             dataset is reusable).
 
     Returns:
-        Summary rows (overall / per acquisition / per acceleration, see ``varnet_ds.metrics.summarize``),
+        Summary rows (overall / per acquisition / per acceleration, see ``varnet_ds.eval.metrics.summarize``),
         per-volume results, and image panels of a fixed slice (rank 0's first volume by name, middle slice, first pair).
     """
     was_training = model.training

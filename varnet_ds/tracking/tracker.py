@@ -2,10 +2,8 @@
 
 Rank 0 owns everything; a :class:`Tracker` built with ``rank != 0`` is a no-op that writes nothing.
 
-``metrics.jsonl``: one JSON object per line, appended and flushed per row. Each row has ``step`` (global
-optimizer step), ``epoch``, ``split`` (``train | val_knee | val_brain | event``), ``time`` (unix seconds, added
-if absent) and metric keys; evaluation breakdown rows also carry ``acquisition`` and/or ``acceleration``
-(see :func:`varnet_ds.metrics.summarize`). Non-finite floats are written as ``null``.
+``metrics.jsonl`` (:mod:`varnet_ds.tracking.metrics_file`) gets every row; W&B (:mod:`varnet_ds.tracking.wandb_run`)
+gets the same rows under its own keys, plus images, tables, summaries and model artifacts.
 
 W&B keys are ``{split}[/{acquisition}][/x{acceleration}]/{metric}``, e.g. ``train/loss``, ``val_brain/ssim``,
 ``val_brain/AXT2/x4/ssim``; images are ``{split}/images/{panel}``. Every W&B row also carries
@@ -13,87 +11,40 @@ W&B keys are ``{split}[/{acquisition}][/x{acceleration}]/{metric}``, e.g. ``trai
 ``trainer/step`` and ``val_knee/*``, ``val_brain/*`` against ``trainer/epoch``. The W&B ``step=`` argument is
 deliberately not used: W&B drops rows whose step is below the last one it saw, which would lose every row
 between the checkpoint and the crash of a resumed run. (W&B history of a resumed run may therefore hold
-both copies of that window; ``metrics.jsonl`` is truncated to the checkpoint, see :meth:`Tracker.truncate_after`.)
+both copies of that window; ``metrics.jsonl`` is truncated to the checkpoint, see :meth:`Tracker.truncate_rows`.)
 
 W&B mode (:func:`resolve_wandb_mode`): an explicit ``log.wandb.mode`` wins, then the environment variable
 ``WANDB_MODE`` (``WANDB_DISABLED=true`` means disabled), else ``online`` when wandb's own credential lookup
-finds a key for its server (:func:`varnet_ds.wandb_run.wandb_credentials`) and ``offline`` otherwise. Falling
+finds a key for its server (:func:`varnet_ds.tracking.wandb_run.wandb_credentials`) and ``offline`` otherwise. Falling
 back from online to offline (no key, or a failing online ``wandb.init``) prints one line with the
 ``wandb sync <dir>`` command; a failing offline init means no W&B. After init, W&B exceptions are caught and
 reported once, and ``metrics.jsonl`` keeps being written. Run name/group/job type/tags, best-value summaries
-(``<key>_max`` / ``<key>_min``) and model artifacts: see :mod:`varnet_ds.wandb_run`.
+(``<key>_max`` / ``<key>_min``) and model artifacts: see :mod:`varnet_ds.tracking.wandb_run`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import os
 import re
-import time
-import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 from omegaconf import DictConfig
 
-from varnet_ds.files import strict_json
-from varnet_ds.wandb_run import (  # noqa: F401  (re-exported: the tracker's public W&B helpers)
+from varnet_ds.files import atomic_path, strict_json
+from varnet_ds.tracking.metrics_file import ROW_KEYS, MetricsFile, check_row, check_split, scalar
+from varnet_ds.tracking.wandb_run import (
     EPOCH_KEY,
-    SPLITS,
     STEP_KEY,
-    WANDB_MODES,
     WandbRun,
     check_artifact_name,
-    has_wandb_credentials,
     image_key,
     requested_wandb_mode,
-    resolve_wandb_mode,
     validate_group,
     wandb_credentials,
     wandb_key,
 )
-
-_ROW_KEYS = ("step", "epoch", "split", "acquisition", "acceleration", "time")
-
-
-def read_metrics(path: Path | str) -> List[Dict[str, Any]]:
-    """Rows of a ``metrics.jsonl``; a torn last line (killed mid-write) is skipped with a warning."""
-    return _parse_lines(Path(path))
-
-
-def _parse_lines(path: Path) -> List[Dict[str, Any]]:
-    lines = [(i, line) for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()) if line.strip()]
-    rows = []
-    for n, (i, line) in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if n != len(lines) - 1:
-                raise ValueError(f"{path}:{i + 1}: invalid JSON line ({err})") from None
-            warnings.warn(f"{path}:{i + 1}: skipping torn last line", RuntimeWarning, stacklevel=3)
-    return rows
-
-
-def _scalar(value: Any) -> Any:
-    """numpy/torch scalars -> Python; containers recursively; other values unchanged."""
-    if isinstance(value, (str, bool, int, float)) or value is None:
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _scalar(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_scalar(v) for v in value]
-    if hasattr(value, "item") and int(np.prod(getattr(value, "shape", ()))) == 1:
-        return value.item()
-    raise TypeError(f"cannot log value of type {type(value).__name__}: {value!r}")
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split = {split!r}: must be one of {list(SPLITS)}")
 
 
 def _normalise_panels(panels: Mapping[str, Any]) -> Dict[str, np.ndarray]:
@@ -132,9 +83,8 @@ def _write_panels_png(path: Path, panels: Mapping[str, np.ndarray], title: str) 
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 class Tracker:
@@ -155,17 +105,14 @@ class Tracker:
         self.mode = "disabled"
         self._resume_id = resume_id
         self._wb: Optional[WandbRun] = None
-        self._file: Any = None
+        self._metrics: Optional[MetricsFile] = None
         self._finished = False
-        self.num_rows = 0  # rows in metrics.jsonl (rank 0)
         requested = requested_wandb_mode(cfg.log.wandb.mode)
         if requested != "disabled":
             validate_group(cfg.log.wandb.group)  # ValueError naming a group W&B's run filters cannot express
         if not self.active:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.num_rows = len(_parse_lines(self.metrics_path)) if self.metrics_path.exists() else 0
-        self._file = open(self.metrics_path, "a", encoding="utf-8")
+        self._metrics = MetricsFile(self.metrics_path)
         mode, fallback = requested or "online", None
         if mode == "online":
             found, host = wandb_credentials()
@@ -179,6 +126,11 @@ class Tracker:
     def _check_open(self) -> None:
         if self._finished:
             raise RuntimeError(f"Tracker for {self.run_dir} is already finished")
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in ``metrics.jsonl`` (rank 0; 0 elsewhere): a checkpoint records it for an exact rollback."""
+        return self._metrics.num_rows if self._metrics is not None else 0
 
     @property
     def wandb_id(self) -> Optional[str]:
@@ -196,22 +148,15 @@ class Tracker:
         Args:
             row: ``step``, ``epoch``, ``split`` and metric values; optional ``acquisition``/``acceleration``.
         """
-        for key in ("step", "epoch", "split"):
-            if key not in row:
-                raise ValueError(f"metrics row lacks required key {key!r}: {dict(row)}")
-        _check_split(row["split"])
+        check_row(row)
         if not self.active:
             return
         self._check_open()
-        record = {str(k): _scalar(v) for k, v in row.items()}
-        record.setdefault("time", time.time())
-        self._file.write(json.dumps(strict_json(record)) + "\n")
-        self._file.flush()
-        self.num_rows += 1
+        record = self._metrics.append(row)
         if self._wb is None:
             return
         payload = {wandb_key(record["split"], k, record.get("acquisition"), record.get("acceleration")): v
-                   for k, v in record.items() if k not in _ROW_KEYS and v is not None}
+                   for k, v in strict_json(record).items() if k not in ROW_KEYS and v is not None}
         payload.update({STEP_KEY: record["step"], EPOCH_KEY: record["epoch"]})
         self._wb.log(payload)
 
@@ -227,7 +172,7 @@ class Tracker:
             The PNG path ``run_dir/images/{split}_epoch{epoch:03d}.png`` (overwritten by a later evaluation in
             the same epoch), or ``None`` on ranks other than 0.
         """
-        _check_split(split)
+        check_split(split)
         if not self.active:
             return None
         self._check_open()
@@ -258,7 +203,7 @@ class Tracker:
         """
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"table name {name!r}: use letters, digits, '_', '.', '-' only")
-        data = [[_scalar(v) for v in r] for r in rows]
+        data = [[scalar(v) for v in r] for r in rows]
         for i, r in enumerate(data):
             if len(r) != len(columns):
                 raise ValueError(f"table {name!r} row {i} has {len(r)} values for {len(columns)} columns")
@@ -266,12 +211,10 @@ class Tracker:
             return None
         self._check_open()
         path = self.run_dir / f"{name}.csv"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(list(columns))
             writer.writerows(data)
-        os.replace(tmp, path)
         if self._wb is not None:
             wb = self._wb
             wb.call(lambda: wb.run.log({name: wb.wandb.Table(columns=list(columns), data=data)}))
@@ -298,7 +241,7 @@ class Tracker:
             check_artifact_name(name)
         for alias in aliases:
             check_artifact_name(alias)
-        meta = strict_json(_scalar(dict(metadata or {})))
+        meta = strict_json(scalar(dict(metadata or {})))
         if not self.active:
             return None
         self._check_open()
@@ -316,52 +259,29 @@ class Tracker:
 
         ``metrics.jsonl`` is not touched (it holds history rows only). No-op on other ranks or without W&B.
         """
-        data = strict_json(_scalar(dict(values)))
+        data = strict_json(scalar(dict(values)))
         if self.active and self._wb is not None:
             self._check_open()
             self._wb.log_summary(data)
 
-    def truncate_after(self, step: int) -> int:
-        """Drop ``metrics.jsonl`` rows with ``step`` greater than ``step``; returns how many were dropped.
-
-        Rows logged at that step itself are kept (the engine uses :meth:`truncate_rows`, which is exact).
-        """
-        return self._rewrite(
-            lambda rows: [r for r in rows if not (isinstance(r.get("step"), (int, float)) and r["step"] > step)])
-
     def truncate_rows(self, keep: int) -> int:
-        """Keep only the first ``keep`` rows of ``metrics.jsonl`` (the count a checkpoint recorded).
-
-        Exact rollback after a crash: everything logged after the checkpoint (train rows, evaluations at the
-        same step, events) goes, everything before stays. Returns the number of rows dropped.
-        """
-        return self._rewrite(lambda rows: rows[: max(int(keep), 0)])
-
-    def _rewrite(self, select) -> int:
-        """Atomically rewrite ``metrics.jsonl`` with ``select(rows)`` (a torn last line is dropped, warned)."""
+        """Roll ``metrics.jsonl`` back to the first ``keep`` rows (a checkpoint's count); returns rows dropped."""
         if not self.active:
             return 0
         self._check_open()
-        self._file.close()
-        try:
-            rows = _parse_lines(self.metrics_path) if self.metrics_path.exists() else []
-            kept = select(rows)
-            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.metrics_path)
-            self.num_rows = len(kept)
-        finally:
-            self._file = open(self.metrics_path, "a", encoding="utf-8")
-        return len(rows) - len(kept)
+        return self._metrics.truncate_rows(keep)
+
+    def set_aside_rows(self) -> Optional[Path]:
+        """A fresh start in a folder whose earlier run died before its first checkpoint: move its rows aside."""
+        if not self.active or self.num_rows == 0:
+            return None
+        self._check_open()
+        return self._metrics.set_aside()
 
     def flush(self) -> None:
         """Flush and fsync ``metrics.jsonl`` (call at checkpoints)."""
         if self.active and not self._finished:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._metrics.flush()
 
     def finish(self, exit_code: int = 0) -> Optional[str]:
         """Close ``metrics.jsonl`` and the W&B run (idempotent).
@@ -371,8 +291,7 @@ class Tracker:
         """
         if not self.active or self._finished:
             return None
-        self.flush()
-        self._file.close()
+        self._metrics.close()
         self._finished = True
         return self._wb.finish(exit_code) if self._wb is not None else None
 

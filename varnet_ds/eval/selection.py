@@ -27,8 +27,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
+from varnet_ds.eval.metrics import VolumeResult
 from varnet_ds.files import atomic_path, atomic_write_json
-from varnet_ds.metrics import VolumeResult
 
 CRITERION_SPLIT = "val_knee"
 CRITERION_METRIC = "ssim"
@@ -76,7 +76,7 @@ class ModelSelector:
 
         Args:
             step, epoch: counters of the evaluation.
-            outputs: ``{split: EvalOutput}`` of :func:`varnet_ds.evaluation.evaluate_split`.
+            outputs: ``{split: EvalOutput}`` of :func:`varnet_ds.eval.validate.evaluate_split`.
             module: the model (``engine.module``), whose weights the candidate stores.
             config: the resolved config as a dict (stored with the weights).
         """

@@ -26,14 +26,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from varnet_ds.config import to_dict
+from varnet_ds.tracking.metrics_file import SPLITS
 
-SPLITS = ("train", "val_knee", "val_brain", "event")
 STEP_KEY = "trainer/step"
 EPOCH_KEY = "trainer/epoch"
 WANDB_MODES = ("online", "offline", "disabled")
 MAX_METRICS = ("ssim", "psnr")  # higher is better: summary <key>_max
 MIN_METRICS = ("nmse", "loss")  # lower is better: summary <key>_min
-IMAGE_PANELS = ("zero_filled", "reconstruction", "target", "error")  # varnet_ds.evaluation panels
+IMAGE_PANELS = ("zero_filled", "reconstruction", "target", "error")  # varnet_ds.eval.validate panels
 # Safe in W&B run filters ('...' quoted values of wandb_workspaces' expression parser) and in URLs.
 _GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=:@-]{0,127}")
 _ARTIFACT_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
