@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from fastmri.losses import SSIMLoss
 from omegaconf import DictConfig, OmegaConf
 
 from varnet_ds import checkpoint as ckpt
@@ -25,9 +24,10 @@ from varnet_ds.data.loader import build_train_loader
 from varnet_ds.data.preflight import check_data
 from varnet_ds.distributed import DistInfo, all_reduce_flags, barrier, load_ds_config
 from varnet_ds.eval.selection import VOLUME_COLUMNS, ModelSelector, fp32_payload, volume_table_rows
-from varnet_ds.eval.validate import EvalOutput, EvalSplit, crop_pair, evaluate_split, model_inputs
+from varnet_ds.eval.validate import EvalOutput, EvalSplit, evaluate_split
 from varnet_ds.exits import EXIT_REQUEUE  # after a SIGTERM/SIGUSR1 checkpoint: "resume me"
 from varnet_ds.files import atomic_path
+from varnet_ds.model.step import ssim_loss, train_loss
 from varnet_ds.model.varnet import build_model
 from varnet_ds.model.weights import load_init_weights
 from varnet_ds.profiling.memory_plan import apply_memory_plan
@@ -70,7 +70,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.base_optimizer, step_size=cfg.train.lr_step_size, gamma=cfg.train.lr_gamma
         )
-        self.loss_fn = SSIMLoss().to(dist.device)
+        self.loss_fn = ssim_loss(dist.device)
         self.train = build_train_loader(cfg, dist, self.bad_files)
         self.global_step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.bad_steps = 0
@@ -178,11 +178,7 @@ class Trainer:
             all-reduce); ``nonfinite_grad`` (the ZeRO optimizer found inf/NaN gradients and skipped the update).
         """
         batch = self.train.prepare(batch)
-        masked_kspace, mask, nlf = model_inputs(batch, self.dist.device)
-        output = self.engine(masked_kspace, mask, nlf)
-        output, target = crop_pair(output, batch.target.to(self.dist.device))
-        max_value = batch.max_value.to(self.dist.device, dtype=torch.float32)
-        loss = self.loss_fn(output.unsqueeze(1).float(), target.unsqueeze(1), data_range=max_value)
+        loss = train_loss(self.engine, batch, self.loss_fn, self.dist.device)
         finite = bool(torch.isfinite(loss).item())
         seen = float(self._signal_seen or 0)
         any_bad, any_stop = all_reduce_flags([0.0 if finite else 1.0, seen], self.dist.device)

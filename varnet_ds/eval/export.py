@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 from varnet_ds.data.check import TARGET_KEY, DataError, check_folder
 from varnet_ds.data.datasets import VarNetTransform, build_eval_dataset, volume_table
 from varnet_ds.eval.metrics import VolumeResult, evaluation_crop, summarize, volume_metrics
-from varnet_ds.eval.validate import model_inputs
 from varnet_ds.files import atomic_path, atomic_write_json, strict_json
+from varnet_ds.model.step import model_inputs
 from varnet_ds.model.varnet import VarNetDS
 from varnet_ds.model.weights import model_sizes
 from varnet_ds.system import resolve_device

@@ -13,11 +13,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import fastmri
 import numpy as np
 import torch
-from fastmri.data.transforms import center_crop, center_crop_to_smallest, complex_center_crop
+from fastmri.data.transforms import center_crop, complex_center_crop
 
 from varnet_ds.data.datasets import DistributedVolumeSampler, build_eval_dataset, build_loader, volume_table
 from varnet_ds.distributed import DistInfo
 from varnet_ds.eval.metrics import VolumeAccumulator, VolumeResult, gather, summarize
+from varnet_ds.model.step import crop_pair, model_inputs
 
 
 @dataclass
@@ -39,22 +40,6 @@ class EvalOutput:
     rows: List[dict]
     volumes: List[VolumeResult]
     panels: Optional[Dict[str, np.ndarray]] = None  # zero_filled / reconstruction / target / error (rank 0)
-
-
-def model_inputs(batch, device: torch.device):
-    """Move a fastMRI ``VarNetSample`` batch to ``device``; returns (masked_kspace, mask, num_low_frequencies)."""
-    masked_kspace = batch.masked_kspace.to(device, non_blocking=True)
-    mask = batch.mask.to(device, non_blocking=True)
-    nlf = batch.num_low_frequencies
-    if isinstance(nlf, torch.Tensor):
-        nlf = int(nlf.view(-1)[0]) if nlf.numel() and bool((nlf == nlf.view(-1)[0]).all()) else None
-    return masked_kspace, mask, nlf
-
-
-def crop_pair(output: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Centre-crop reconstruction and target ``[B, H, W]`` to their common (target) size, as fastMRI validates."""
-    target, output = center_crop_to_smallest(target, output)
-    return output, target
 
 
 def zero_filled(masked_kspace: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
-from fastmri.losses import SSIMLoss
 from fastmri.models import VarNet
 
 from varnet_ds.config import AugConfig
 from varnet_ds.data.augment import MRAugment
+from varnet_ds.model.step import ssim_loss
 from varnet_ds.model.varnet import VarNetDS
 from varnet_ds.profiling.memtrack import measure_step
 from varnet_ds.profiling.planner import make_batch, time_steps, train_step_fn
@@ -66,7 +66,7 @@ def _allocated_gib(device: torch.device) -> Optional[float]:
 def _measure(name: str, model: torch.nn.Module, backward, optimizer_step, batch, device: torch.device,
              steps: int, count_ops: bool = True) -> BenchResult:
     start = _allocated_gib(device)
-    step = train_step_fn(model, backward, optimizer_step, batch, SSIMLoss().to(device))
+    step = train_step_fn(model, backward, optimizer_step, batch, ssim_loss(device))
     time_steps(step, device, 1)  # warm-up (cuDNN, allocator, Adam state)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
-from fastmri.data.transforms import center_crop_to_smallest
-from fastmri.losses import SSIMLoss
 
+from varnet_ds.model.step import loss_of, ssim_loss
 from varnet_ds.model.varnet import CHECKPOINTING, PRECISIONS, SENS_CHECKPOINTED, VarNetDS, count_parameters
 from varnet_ds.system import GIB, release_memory
 
@@ -145,9 +144,7 @@ def train_step_fn(model: Callable, backward: Callable, optimizer_step: Callable,
     kspace, mask, target, max_value = batch
 
     def step() -> float:
-        out = model(kspace, mask, None)
-        tgt, out = center_crop_to_smallest(target, out)
-        loss = loss_fn(out.unsqueeze(1).float(), tgt.unsqueeze(1), data_range=max_value)
+        loss = loss_of(model(kspace, mask, None), target, max_value, loss_fn)
         backward(loss)
         optimizer_step()
         return float(loss.detach())
@@ -200,7 +197,7 @@ def run_policy(model_kw: Mapping[str, int], policy: Policy, batch: Batch, device
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step = train_step_fn(model, lambda loss: loss.backward(), opt_step, batch, SSIMLoss().to(device))
+    step = train_step_fn(model, lambda loss: loss.backward(), opt_step, batch, ssim_loss(device))
     time_steps(step, device, 1)  # warm-up: cuDNN autotune, Adam state allocation
     times, loss = time_steps(step, device, steps)
     return statistics.median(times), loss
