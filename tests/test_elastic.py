@@ -19,8 +19,8 @@ import pytest
 import torch
 from trainrun import ROOT, common, env, free_port, ok, run_single, train_rows
 
-from varnet_ds import checkpoint as ckpt
-from varnet_ds import elastic
+from varnet_ds.trainer import checkpoint as ckpt
+from varnet_ds.trainer import elastic
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +34,15 @@ if args.local_rank is not None:
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
 from varnet_ds.config import load_config
 from varnet_ds.distributed import init_distributed
-from varnet_ds.engine import Trainer
+from varnet_ds.trainer.build import build_trainer
 
 torch.set_num_threads(1)
 cfg = load_config(args.config, args.overrides)
 dist = init_distributed()
-trainer = Trainer(cfg, args.ds_config, dist)
+trainer = build_trainer(cfg, args.ds_config, dist)
 out = os.path.join(cfg.run.out_dir, "record")
 os.makedirs(out, exist_ok=True)
-start = trainer.global_step
+start = trainer.state.global_step
 opt = trainer.optimizer
 part = opt.single_partition_of_fp32_groups[0]
 state = opt.optimizer.state.get(part, {})
@@ -57,7 +57,7 @@ log = open(os.path.join(out, f"samples_from{start}_rank{dist.rank}.jsonl"), "a")
 train_step = trainer._train_step
 
 def recording(batch):
-    log.write(json.dumps({"epoch": trainer.epoch, "samples": [[os.path.basename(f), int(s)] for f, s in
+    log.write(json.dumps({"epoch": trainer.state.epoch, "samples": [[os.path.basename(f), int(s)] for f, s in
                                                               zip(batch.fname, batch.slice_num)]}) + "\n")
     log.flush()
     return train_step(batch)

@@ -17,9 +17,9 @@ import pytest
 import torch
 from trainrun import ROOT, common, env, free_port, ok, run_single, train_rows
 
-from varnet_ds import checkpoint as ckpt
 from varnet_ds.distributed import DistInfo
 from varnet_ds.exits import EXIT_BAD_DATA, EXIT_REQUEUE
+from varnet_ds.trainer import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
@@ -204,9 +204,9 @@ INF_GRAD_SCRIPT = """
 import sys, torch
 from varnet_ds.config import load_config
 from varnet_ds.distributed import init_distributed
-from varnet_ds.engine import Trainer
+from varnet_ds.trainer.build import build_trainer
 cfg = load_config("demo", sys.argv[2:])
-trainer = Trainer(cfg, sys.argv[1], init_distributed())
+trainer = build_trainer(cfg, sys.argv[1], init_distributed())
 calls = {"n": 0}
 def poison(grad):  # the 2nd backward gets an infinite gradient, the loss stays finite
     calls["n"] += 1

@@ -88,9 +88,13 @@ class TrainProgress:
             self.bar = tqdm(total=total, initial=self.initial, desc=desc, file=self.stream, dynamic_ncols=True)
 
     @classmethod
-    def for_run(cls, cfg, dist, dataset_len: int, initial: int, **kwargs) -> TrainProgress:
-        """The progress of a ``Trainer.fit``: total steps from the config and the training set size."""
-        total = total_steps(dataset_len, dist.world_size, cfg.data.batch_size, cfg.train.grad_accum,
+    def for_run(cls, cfg, dist, dataset_len: int, initial: int, grad_accum: Optional[int] = None,
+                **kwargs) -> TrainProgress:
+        """The progress of a ``Trainer.fit``: total steps from the config and the training set size.
+
+        ``grad_accum``: the engine's (after an elastic resume it differs from ``train.grad_accum``).
+        """
+        total = total_steps(dataset_len, dist.world_size, cfg.data.batch_size, grad_accum or cfg.train.grad_accum,
                             cfg.train.epochs, cfg.train.max_steps)
         return cls(total, initial=initial, epochs=cfg.train.epochs, desc=cfg.run.name,
                    enabled=bool(dist.is_main and cfg.log.progress), **kwargs)

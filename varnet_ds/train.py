@@ -94,15 +94,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         torch.set_num_threads(max(int(os.environ["OMP_NUM_THREADS"]), 1))
 
-    from varnet_ds.checkpoint import CheckpointError
     from varnet_ds.data.check import DataError
     from varnet_ds.distributed import init_distributed
-    from varnet_ds.engine import Trainer
     from varnet_ds.profiling.planner import PlannerError
+    from varnet_ds.trainer.build import build_trainer
+    from varnet_ds.trainer.checkpoint import CheckpointError
 
     dist = init_distributed()
     try:
-        return Trainer(cfg, args.ds_config, dist).fit()
+        return build_trainer(cfg, args.ds_config, dist).fit()
     except (DataError, FloatingPointError) as err:  # the data (or what it does to the loss) is bad
         print(f"varnet_ds [rank {dist.rank}]: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return EXIT_BAD_DATA

@@ -8,7 +8,7 @@ per-acceleration breakdown compares like with like.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import fastmri
 import numpy as np
@@ -51,16 +51,19 @@ def zero_filled(masked_kspace: torch.Tensor, size: Tuple[int, int]) -> torch.Ten
 
 @torch.no_grad()
 def evaluate_split(model: torch.nn.Module, split: EvalSplit, dist: DistInfo, num_workers: int, seed: int,
-                   panel_slice: bool = True, cache: Optional[Dict] = None) -> EvalOutput:
+                   cache: Optional[Dict] = None, stop: Optional[Callable[[], bool]] = None) -> Optional[EvalOutput]:
     """Score ``model`` on one split at every (cf, acc) pair; all ranks must call it.
 
     Args:
         cache: optional dict reused across calls to keep the indexed datasets (masks are fixed per volume, so a
             dataset is reusable).
+        stop: called before every batch on every rank (every rank has as many batches, the sampler pads them), so
+            it may be a collective; when it returns True the evaluation is abandoned and None returned.
 
     Returns:
         Summary rows (overall / per acquisition / per acceleration, see ``varnet_ds.eval.metrics.summarize``),
-        per-volume results, and image panels of a fixed slice (rank 0's first volume by name, middle slice, first pair).
+        per-volume results, and image panels of a fixed slice (rank 0's first volume by name, middle slice, first
+        pair); None when ``stop`` abandoned it.
     """
     was_training = model.training
     model.eval()
@@ -79,8 +82,12 @@ def evaluate_split(model: torch.nn.Module, split: EvalSplit, dist: DistInfo, num
         loader = build_loader(dataset, sampler, num_workers=num_workers, base_seed=seed, rank=dist.rank, epoch=0)
         acc_state = VolumeAccumulator(owned=sampler.owned_volumes)
         owned = {k: v for k, v in table.items() if k in sampler.owned_volumes}
-        panel_key = _panel_key(owned) if (panel_slice and pair_index == 0 and dist.is_main) else None
+        panel_key = _panel_key(owned) if (pair_index == 0 and dist.is_main) else None
         for batch in loader:
+            if stop is not None and stop():
+                if was_training:
+                    model.train()
+                return None
             masked_kspace, mask, nlf = model_inputs(batch, dist.device)
             output = model(masked_kspace, mask, nlf)
             output, target = crop_pair(output, batch.target.to(dist.device))
@@ -115,3 +122,54 @@ def _panels(masked_kspace: torch.Tensor, output: torch.Tensor, target: torch.Ten
         "target": tgt,
         "error": np.abs(recon - tgt),
     }
+
+
+class Validator:
+    """The knee val and brain transfer evaluations of one run: which splits, when they are due, the indexed
+    datasets (built once) and the last result. It returns values; logging them is the caller's job.
+
+    Args:
+        cfg: the run's config (``data.*_path``, ``eval.*``, ``data.max_val_volumes``, ``data.num_workers``).
+        dist: this process's placement.
+        skip_files: bad files found by the start-up check.
+    """
+
+    def __init__(self, cfg: Any, dist: DistInfo, skip_files: Sequence[str] = ()) -> None:
+        self.cfg, self.dist = cfg, dist
+        pairs = list(zip(cfg.eval.center_fractions, cfg.eval.accelerations))
+        self.splits: List[EvalSplit] = [
+            EvalSplit(name, path, mask_type, pairs, cfg.data.max_val_volumes, list(skip_files))
+            for name, path, mask_type in (("val_knee", cfg.data.val_path, cfg.eval.knee_mask_type),
+                                          ("val_brain", cfg.data.transfer_path, cfg.eval.brain_mask_type))
+            if path]
+        self._datasets: Dict = {}
+        self.last: Dict[str, EvalOutput] = {}
+        self.last_step = -1
+
+    def due_after_epoch(self, epoch: int) -> bool:
+        """After finishing epoch ``epoch`` (1-based count of finished epochs): every ``eval.every_epochs`` and last."""
+        return epoch % self.cfg.eval.every_epochs == 0 or epoch == self.cfg.train.epochs
+
+    def due_at_step(self, step: int) -> bool:
+        return bool(self.cfg.eval.every_steps) and step % self.cfg.eval.every_steps == 0
+
+    def evaluated_at(self, step: int) -> bool:
+        return self.last_step == step and bool(self.last)
+
+    def run(self, model: torch.nn.Module, step: int, stop: Optional[Callable[[], bool]] = None,
+            on_split: Optional[Callable[[EvalSplit], None]] = None) -> Optional[Dict[str, EvalOutput]]:
+        """Evaluate every split (all ranks call it); None when ``stop`` abandoned the evaluation.
+
+        ``on_split`` is told when each split starts (console output).
+        """
+        outputs: Dict[str, EvalOutput] = {}
+        for split in self.splits:
+            if on_split is not None:
+                on_split(split)
+            out = evaluate_split(model, split, self.dist, self.cfg.data.num_workers, self.cfg.run.seed,
+                                 cache=self._datasets, stop=stop)
+            if out is None:
+                return None
+            outputs[split.name] = out
+        self.last, self.last_step = outputs, step
+        return outputs

@@ -95,9 +95,11 @@ class Tracker:
         run_dir: run folder; holds ``metrics.jsonl``, ``images/``, ``{table}.csv`` and W&B's ``wandb/``.
         rank: global rank; every method is a no-op unless ``rank == 0``.
         resume_id: W&B run id from the checkpoint; continues that run (``resume="allow"``).
+        wandb: False opens no W&B run whatever the config says (a finished run that logs nothing).
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path | str, rank: int, resume_id: Optional[str] = None) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path | str, rank: int, resume_id: Optional[str] = None,
+                 wandb: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.rank = rank
         self.active = rank == 0
@@ -107,7 +109,7 @@ class Tracker:
         self._wb: Optional[WandbRun] = None
         self._metrics: Optional[MetricsFile] = None
         self._finished = False
-        requested = requested_wandb_mode(cfg.log.wandb.mode)
+        requested = requested_wandb_mode(cfg.log.wandb.mode) if wandb else "disabled"
         if requested != "disabled":
             validate_group(cfg.log.wandb.group)  # ValueError naming a group W&B's run filters cannot express
         if not self.active:

@@ -13,7 +13,7 @@ What carries over and what cannot:
 
 - **Global batch.** ``data.batch_size x train.grad_accum x world size`` of the run's start is kept: on ``W`` ranks
   the micro-batches per optimizer step become ``global / (data.batch_size x W)``; a ``W`` that does not divide it
-  is refused (:class:`~varnet_ds.checkpoint.CheckpointError`, exit code 2).
+  is refused (:class:`~varnet_ds.trainer.checkpoint.CheckpointError`, exit code 2).
 - **Data position.** Checkpoints store the samples of the epoch's global order already trained
   (``samples_in_epoch``; older checkpoints: ``batch_in_epoch x data.batch_size x world size``). The resumed run
   skips exactly those and splits the rest across its ranks (:class:`varnet_ds.data.loader.SkipSampler`).
@@ -37,8 +37,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from omegaconf import DictConfig
 
-from varnet_ds import checkpoint as ckpt
 from varnet_ds.distributed import DistInfo, broadcast_object
+from varnet_ds.trainer import checkpoint as ckpt
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Layout of ``RUN/checkpoints/``::
 
     step000000120/            DeepSpeed files of every rank + rng_rank{r}.pt + COMPLETE (json)
     step000000120.universal/  its DeepSpeed universal conversion, made on a resume with another world size
-                              (``varnet_ds.elastic``; own COMPLETE naming the source)
+                              (``varnet_ds.trainer.elastic``; own COMPLETE naming the source)
     latest                    the newest COMPLETE tag (written by rename, never half-written)
 
 A crash while saving leaves the previous tag and ``latest`` untouched; a tag without ``COMPLETE`` is ignored.
@@ -161,7 +161,7 @@ def load(engine, root: Path, tag: str, dist: DistInfo, universal: bool = False) 
     """Load model, optimizer and client state of ``tag`` and this rank's RNG state.
 
     With ``universal`` the engine (built with ``checkpoint.load_universal``) loads ``TAG.universal``, the
-    conversion made by ``varnet_ds.elastic`` for another world size; RNG states are then not restored (the
+    conversion made by ``varnet_ds.trainer.elastic`` for another world size; RNG states are then not restored (the
     caller reseeds).
 
     Returns:
