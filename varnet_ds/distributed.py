@@ -46,6 +46,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cuda_device_index(local_rank: int, device_count: int) -> int:
+    """The CUDA device of this rank among the visible ones.
+
+    One device per rank on a node (the deepspeed/torchrun default) -> ``LOCAL_RANK``. One visible device per task
+    (SLURM ``--gpus-per-task=1``, or ``CUDA_VISIBLE_DEVICES`` set per rank) -> device 0 whatever ``LOCAL_RANK`` is.
+
+    Raises:
+        RuntimeError: several devices visible but fewer than ``LOCAL_RANK + 1`` (naming both numbers).
+    """
+    if device_count == 1:
+        return 0
+    if not 0 <= local_rank < device_count:
+        raise RuntimeError(
+            f"LOCAL_RANK={local_rank} but only {device_count} CUDA devices are visible (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}): start at most {device_count} ranks per node, "
+            "or make one device visible per rank")
+    return local_rank
+
+
 def init_distributed() -> DistInfo:
     """Initialise ``torch.distributed`` through DeepSpeed (NCCL on CUDA, gloo on CPU).
 
@@ -61,8 +80,9 @@ def init_distributed() -> DistInfo:
     os.environ.setdefault("LOCAL_RANK", "0")
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = cuda_device_index(local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
         backend = "nccl"
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")

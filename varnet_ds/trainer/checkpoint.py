@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from varnet_ds.distributed import DistInfo, barrier
+from varnet_ds.files import atomic_path, atomic_write_text
 from varnet_ds.seeding import rng_state, set_rng_state
 
 COMPLETE = "COMPLETE"
@@ -52,16 +53,7 @@ def read_meta(root: Path, tag: str) -> Dict[str, Any]:
 
 def write_meta(folder: Path, meta: Dict[str, Any]) -> None:
     """Mark ``folder`` complete (atomically)."""
-    _atomic_write(Path(folder) / COMPLETE, json.dumps(meta))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(Path(folder) / COMPLETE, json.dumps(meta))
 
 
 def complete_tags(root: Path) -> list:
@@ -110,9 +102,8 @@ def save(engine, root: Path, step: int, client_state: Dict[str, Any], dist: Dist
     # one) is never overwritten in place, so a crash mid-save cannot damage the checkpoint `latest` names.
     engine.save_checkpoint(str(root), tag=partial, client_state=client_state, save_latest=False)
     rng_path = root / partial / f"rng_rank{dist.rank}.pt"
-    tmp = rng_path.with_name(rng_path.name + ".tmp")
-    torch.save(rng_state(), tmp)
-    os.replace(tmp, rng_path)
+    with atomic_path(rng_path) as tmp:
+        torch.save(rng_state(), tmp)
     barrier()
     if dist.is_main:
         old = root / f"{tag}.old"
@@ -125,7 +116,7 @@ def save(engine, root: Path, step: int, client_state: Dict[str, Any], dist: Dist
                 "universal_info": True,
                 **{k: client_state[k] for k in ("global_batch", "epoch", "samples_in_epoch") if k in client_state}}
         write_meta(root / tag, meta)
-        _atomic_write(root / LATEST, tag)
+        atomic_write_text(root / LATEST, tag)
         shutil.rmtree(old, ignore_errors=True)
         for stale in complete_tags(root)[:-keep]:
             if stale != tag:

@@ -1,0 +1,32 @@
+"""Device placement: LOCAL_RANK never indexes a CUDA device that is not visible (one GPU per SLURM task)."""
+
+import pytest
+import torch
+
+from varnet_ds.distributed import cuda_device_index, init_distributed
+
+
+@pytest.mark.parametrize("local_rank,count,expected", [(0, 8, 0), (5, 8, 5), (3, 1, 0), (0, 1, 0)])
+def test_cuda_device_index(local_rank, count, expected):
+    assert cuda_device_index(local_rank, count) == expected
+
+
+def test_more_ranks_than_visible_devices_is_named():
+    with pytest.raises(RuntimeError, match="LOCAL_RANK=4 but only 2 CUDA devices"):
+        cuda_device_index(4, 2)
+
+
+def test_one_gpu_per_task_uses_device_0(monkeypatch):
+    """SLURM --gpus-per-task=1: rank 3 of a node sees one device; it must use cuda:0, not cuda:3."""
+    chosen = []
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # the process group exists
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 3)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    info = init_distributed()
+    assert chosen == [0] and info.device == torch.device("cuda", 0) and info.local_rank == 3
