@@ -45,7 +45,7 @@ ARM_KEY = "config.run.arm"  # runs are grouped by the config key run.arm
 TABLE_COLUMNS = tuple(f"summary:{k}" for k in (
     "selected/val_knee/ssim", "selected/val_brain/ssim", "val_knee/ssim", "val_brain/ssim", "val_knee/ssim_max",
     "val_brain/ssim_max", "val_brain/psnr"))
-# = varnet_ds.wandb_run._GROUP_RE (tests check both agree): safe inside W&B's quoted run-filter values.
+# = varnet_ds.tracking.wandb_run._GROUP_RE (tests check both agree): safe inside W&B's quoted run-filter values.
 _GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=:@-]{0,127}")
 
 

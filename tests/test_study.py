@@ -149,7 +149,7 @@ def test_gpu_packing(monkeypatch):
     import torch
 
     from varnet_ds.config import ConfigError
-    from varnet_ds.study_launch import machine_slots
+    from varnet_ds.studies.launch import machine_slots
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
@@ -166,7 +166,7 @@ def test_gpu_packing(monkeypatch):
 def test_cpu_packing(monkeypatch):
     import torch
 
-    from varnet_ds.study_launch import machine_slots
+    from varnet_ds.studies.launch import machine_slots
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr("os.cpu_count", lambda: 2)

@@ -32,7 +32,7 @@ import yaml
 from varnet_ds.config import EXTENDABLE_KEYS, RESUMABLE_KEYS, ConfigError, check_rerun_config, load_config
 from varnet_ds.exits import EXIT_REQUEUE, EXIT_USAGE
 from varnet_ds.files import atomic_write_text
-from varnet_ds.study_launch import launch_all, machine_slots
+from varnet_ds.studies.launch import launch_all, machine_slots
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

@@ -99,7 +99,7 @@ def _rate(run_dir: Path) -> float:
 
 def deepspeed_runs(data: Path, steps: int, runs: int, ranks: int) -> float:
     """Summed train samples/s of ``runs`` DeepSpeed runs of ``ranks`` CPU ranks each, started side by side."""
-    from varnet_ds.study_launch import Slot
+    from varnet_ds.studies.launch import Slot
 
     threads = max((os.cpu_count() or 1) // (runs * ranks), 1)
     with tempfile.TemporaryDirectory(prefix="study_bench_") as tmp:
@@ -127,7 +127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not data.is_dir():
         print(f"study_bench: error: no knee training data in {data} (run make demo first)", file=sys.stderr)
         return 2
-    from varnet_ds.study_launch import _cpu_name
+    from varnet_ds.studies.launch import _cpu_name
 
     cores = os.cpu_count() or 1
     rows = [("plain fastMRI loop, 1 process, 1 thread", _plain_subprocess(data, args.steps, 1))]
