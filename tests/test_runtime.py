@@ -113,7 +113,7 @@ def test_augmentation_and_masks_do_not_depend_on_ranks_or_workers(synth_dirs):
             # 2 ranks: the padding (DistributedSampler's) repeats a sample of the epoch, with the same draw
             assert sum(map(len, got.values())) == rest + -rest % world_size, (world_size, skip)
             for key, draws in got.items():
-                for draw in draws:
-                    assert same(draw, ref[key]), (epoch, world_size, workers, skip, key)
+                equal = [same(draw, ref[key]) for draw in draws]
+                assert all(equal), (epoch, world_size, workers, skip, key)
         by_epoch.append(ref)
     assert any(not same(by_epoch[0][key], by_epoch[1][key]) for key in raw)  # new draws every epoch
