@@ -1,0 +1,276 @@
+"""Training across epoch boundaries on 2 real DeepSpeed ZeRO-2 CPU ranks: the per-epoch StepLR, one evaluation
+per epoch, resume at and between epoch boundaries, rollback of rows written after the last checkpoint, and rank
+agreement on a stop signal or a non-finite loss seen by one rank only.
+
+Data: the session's 9 knee slices; 2 ranks x data.batch_size 1 give 5 steps per epoch (the 10th sample is
+DistributedSampler's padding), so 3 epochs are steps 1-15 with boundaries after steps 5, 10 and 15.
+
+Five launches of the ``deepspeed`` launcher, each about 20-35 s of CPU:
+
+- ``reference``: uninterrupted, 3 epochs, StepLR step 2 (lr decays for epoch 2), evaluation after every epoch,
+  a checkpoint every 5 steps (= at every epoch boundary).
+- ``chain``, the same command 3 times in one run folder:
+  A. kill -9 of the whole process group once a train row past the step-5 checkpoint is written (rows to roll back);
+  B. resumes exactly at the epoch boundary (checkpoint 5: end of epoch 0); SIGUSR1 to rank 1 only, mid-epoch 1:
+     both ranks checkpoint the same step and exit 75 (requeue);
+  C. resumes mid-epoch 1 and runs to the end; compared with ``reference`` bit for bit.
+- ``test_nonfinite_loss_on_one_rank_is_skipped_by_both``: one NaN slice that only rank 1 trains on.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import psutil
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+from trainrun import ROOT, common, env, free_port
+
+pytestmark = pytest.mark.slow
+
+LR, GAMMA, STEP_SIZE, EPOCHS, STEPS_PER_EPOCH = 0.001, 0.5, 2, 3, 5
+EPOCH_ARGS = [f"train.epochs={EPOCHS}", "eval.every_epochs=1", f"train.lr={LR}", f"train.lr_step_size={STEP_SIZE}",
+              f"train.lr_gamma={GAMMA}", f"train.checkpoint_every_steps={STEPS_PER_EPOCH}"]
+TIMING = ("time", "samples_per_s", "peak_mem_gib")  # differ between any two runs
+SEED = 42  # run.seed of the demo config: the epoch's global sample order
+
+
+def tag(step):
+    return f"step{step:09d}"  # varnet_ds.checkpoint.tag_for
+
+
+def start(args, log_path):
+    """The deepspeed launcher with 2 CPU ranks, in its own process group (killed as a whole)."""
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+           str(ROOT / "varnet_ds" / "train.py"), *args]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    proc.log_path = log_path
+    return proc
+
+
+def kill_group(proc, sig=signal.SIGKILL):
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def tail(proc):
+    return Path(proc.log_path).read_text()[-5000:]
+
+
+def finish(proc, timeout):
+    """Exit code of ``proc``; a run that does not end in ``timeout`` s (a hang) fails the test, group killed."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        proc.wait()
+        pytest.fail(f"no exit within {timeout} s (hang?)\n{tail(proc)}")
+    finally:
+        kill_group(proc)  # leftovers of the launcher's group, if any
+
+
+def rows_of(run_dir):
+    """metrics.jsonl rows; a line being written (torn) is left out."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows
+
+
+def wait_until(predicate, proc, timeout=240):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"exited with {proc.returncode} before the awaited point\n{tail(proc)}")
+        time.sleep(0.02)
+    kill_group(proc)
+    pytest.fail(f"awaited point not reached in {timeout} s\n{tail(proc)}")
+
+
+def complete_meta(run_dir, step):
+    path = Path(run_dir) / "checkpoints" / tag(step) / "COMPLETE"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def weights(run_dir, name="model_fp32.pt"):
+    return torch.load(Path(run_dir) / name, weights_only=False)["state_dict"]
+
+
+def untimed(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def reference(synth_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("epochs_reference")
+    proc = start(common(synth_dirs, out / "run", *EPOCH_ARGS), out / "log.txt")
+    assert finish(proc, 300) == 0, tail(proc)
+    return out / "run"
+
+
+@pytest.fixture(scope="module")
+def chain(synth_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("epochs_chain")
+    run = out / "run"
+    args = common(synth_dirs, run, *EPOCH_ARGS)
+    info = {"run": run}
+
+    # A: kill -9 of the whole job after a train row past the step-5 checkpoint (end of epoch 0) was written
+    proc = start(args, out / "log_a.txt")
+    wait_until(lambda: complete_meta(run, 5) is not None
+               and any(r["split"] == "train" and r["step"] > 5 for r in rows_of(run)), proc)
+    kill_group(proc)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    info["rows_at_kill"] = rows_of(run)
+    info["boundary_meta"] = complete_meta(run, 5)
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    assert latest == tag(5), f"killed too late: {latest} (the kill must come before the step-10 checkpoint)"
+    assert not (run / "model_fp32.pt").exists()
+
+    # B: resumes at the boundary; SIGUSR1 to rank 1 only once it trains in epoch 1
+    proc = start(args, out / "log_b.txt")
+
+    def training_after_resume():
+        rows = rows_of(run)
+        resumed = [i for i, r in enumerate(rows) if r.get("event") == "resume"]
+        return bool(resumed) and any(r["split"] == "train" for r in rows[resumed[-1]:])
+
+    wait_until(training_after_resume, proc)
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank=1" in " ".join(p.cmdline())]
+    assert len(ranks) == 1, ranks
+    ranks[0].send_signal(signal.SIGUSR1)
+    info["b_exit"] = finish(proc, 150)
+    info["b_log"] = tail(proc)
+    info["rows_at_stop"] = rows_of(run)
+    stop_tag = (run / "checkpoints" / "latest").read_text().strip()
+    info["stop_tag"], info["stop_meta"] = stop_tag, complete_meta(run, int(stop_tag[len("step"):]))
+    info["stop_files"] = sorted(p.name for p in (run / "checkpoints" / stop_tag).iterdir())
+
+    # C: resumes mid-epoch 1 and runs to the end
+    proc = start(args, out / "log_c.txt")
+    assert finish(proc, 300) == 0, tail(proc)
+    return info
+
+
+# ---------------------------------------------------------------- 1. across epochs (the reference run)
+
+
+def test_steplr_decays_at_the_right_epoch(reference):
+    train = [r for r in rows_of(reference) if r["split"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    assert [r["epoch"] for r in train] == [e for e in range(EPOCHS) for _ in range(STEPS_PER_EPOCH)]
+    for r in train:
+        assert r["lr"] == pytest.approx(LR * GAMMA ** (r["epoch"] // STEP_SIZE), rel=1e-12, abs=0), r
+    assert len({r["lr"] for r in train}) == 2  # the decay happened inside the run
+
+
+def test_one_evaluation_per_epoch_at_its_last_step(reference):
+    rows = rows_of(reference)
+    last = [max(r["step"] for r in rows if r["split"] == "train" and r["epoch"] == e) for e in range(EPOCHS)]
+    assert last == [5, 10, 15]
+    for split in ("val_knee", "val_brain"):
+        overall = [r for r in rows if r["split"] == split and "acquisition" not in r and "acceleration" not in r]
+        assert [r["step"] for r in overall] == last, split  # none skipped, none repeated by the final evaluation
+        per_step = Counter(r["step"] for r in rows if r["split"] == split)
+        assert sorted(per_step) == last and len(set(per_step.values())) == 1, per_step  # whole sets only
+
+
+# ---------------------------------------------------------------- 2. resume on 2 ranks
+
+
+def test_resume_at_boundary_and_mid_epoch_is_bit_identical(reference, chain):
+    run = chain["run"]
+    boundary = chain["boundary_meta"]
+    assert (boundary["step"], boundary["epoch"], boundary["world_size"]) == (5, 0, 2)
+    assert boundary["samples_in_epoch"] == 10  # all of epoch 0 (9 samples + 1 padding): exactly at the boundary
+    stop = chain["stop_meta"]
+    assert stop["epoch"] == 1 and 5 < stop["step"] < 10 and stop["samples_in_epoch"] == 2 * (stop["step"] - 5)
+    resumes = [r for r in rows_of(run) if r.get("event") == "resume"]
+    assert [(r["step"], r["epoch"], r["tag"]) for r in resumes] == [
+        (5, 0, tag(5)), (stop["step"], 1, tag(stop["step"]))]
+
+    ref = [r for r in rows_of(reference) if r["split"] == "train"]
+    got = [r for r in rows_of(run) if r["split"] == "train"]
+    assert [r["step"] for r in got] == [r["step"] for r in ref] == list(range(1, 16))  # every step exactly once
+    assert [r["loss"] for r in got] == [r["loss"] for r in ref]
+    assert [r["lr"] for r in got] == [r["lr"] for r in ref]
+    for name in ("model_fp32.pt", "model_selected.pt"):
+        wa, wb = weights(reference, name), weights(run, name)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), (name, k)
+
+
+# ---------------------------------------------------------------- 3. rollback of rows after the last checkpoint
+
+
+def test_rows_after_the_checkpoint_are_rolled_back(reference, chain):
+    killed = chain["rows_at_kill"]
+    at_checkpoint = next(i for i, r in enumerate(killed) if r["split"] == "train" and r["step"] == 5) + 1
+    past = killed[at_checkpoint:]
+    assert any(r["split"] == "train" for r in past) and any(r["split"] == "val_knee" for r in past)  # to roll back
+    rows = rows_of(chain["run"])
+    first_resume = next(r for r in rows if r.get("event") == "resume")
+    assert first_resume["rows_rolled_back"] == len(past)
+    # each row once, equal to the uninterrupted run's rows (evaluations, best-model events, end) up to timings
+    assert untimed(r for r in rows if r.get("event") != "resume") == untimed(rows_of(reference))
+
+
+# ---------------------------------------------------------------- 5. rank agreement
+
+
+def test_stop_signal_on_one_rank_stops_both_at_the_same_step(chain):
+    assert chain["b_exit"] == 75, chain["b_log"]  # EXIT_REQUEUE
+    stop = chain["stop_meta"]
+    assert chain["stop_tag"] == tag(stop["step"]) and stop["world_size"] == 2
+    files = chain["stop_files"]
+    for rank in (0, 1):  # both ranks wrote their shard and RNG state of the same tag
+        assert f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in files and f"rng_rank{rank}.pt" in files, files
+    preempted = [r for r in chain["rows_at_stop"] if r.get("event") == "preempted"]
+    assert [(r["step"], r["signal"], r["tag"]) for r in preempted] == [
+        (stop["step"], int(signal.SIGUSR1), chain["stop_tag"])]
+
+
+def test_nonfinite_loss_on_one_rank_is_skipped_by_both(synth_dirs, tmp_path):
+    """NaN k-space in the one slice rank 1 trains first: both ranks skip that micro-step, rank 0 logs it."""
+    train = tmp_path / "train"
+    shutil.copytree(synth_dirs["train"], train)
+    names = sorted(f.name for f in train.glob("*.h5"))
+    slices = 3  # conftest.SYNTH_SLICES; dataset index = file index * slices + slice
+    order = DistributedSampler(range(len(names) * slices), num_replicas=1, rank=0, shuffle=True, seed=SEED)
+    order.set_epoch(0)
+    first = list(order)[:2]  # the first micro-step: rank 0 trains first[0], rank 1 first[1]
+    bad_name, bad_slice = names[first[1] // slices], first[1] % slices
+    with h5py.File(train / bad_name, "r+") as hf:
+        hf["kspace"][bad_slice] = np.full(hf["kspace"].shape[1:], np.nan, dtype=hf["kspace"].dtype)
+    dirs = {**synth_dirs, "train": train}
+    args = common(dirs, tmp_path / "run", "train.max_steps=2", "data.check_on_start=false", "data.max_val_volumes=1")
+    proc = start(args, tmp_path / "log.txt")
+    assert finish(proc, 150) == 0, tail(proc)
+    rows = rows_of(tmp_path / "run")
+    skipped = [r for r in rows if r.get("event") == "nonfinite_loss_skipped"]
+    # logged by rank 0 about its own (finite) sample: it learned of rank 1's NaN through the agreement
+    assert [(r["step"], [Path(f).name for f in r["fname"]], r["slice"]) for r in skipped] == [
+        (0, [names[first[0] // slices]], [first[0] % slices])]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in train_rows)
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
