@@ -45,7 +45,7 @@ SEED = 42  # run.seed of the demo config: the epoch's global sample order
 
 
 def tag(step):
-    return f"step{step:09d}"  # varnet_ds.checkpoint.tag_for
+    return f"step{step:09d}"  # varnet_ds.trainer.checkpoint.tag_for
 
 
 def start(args, log_path):

@@ -1,9 +1,9 @@
-"""The engine's run-time data helpers, in-process with fake single-machine ranks (no process group):
+"""The training run's data helpers, in-process with fake single-machine ranks (no process group):
 
-- the start-up data check's verdict cache (``runtime.check_data``, ``data_check_cache.json``) re-checks exactly the
-  files that changed (size or mtime) or were added;
+- the start-up data check's verdict cache (``data.preflight.check_data``, ``data_check_cache.json``) re-checks
+  exactly the files that changed (size or mtime) or were added;
 - MRAugment draws and training masks depend only on (run seed, epoch, file, slice): not on the number of ranks,
-  on DataLoader workers or on where in the epoch a loader starts (``runtime.build_train_loader`` as the engine
+  on DataLoader workers or on where in the epoch a loader starts (``data.loader.build_train_loader`` as the engine
   builds it, ``TrainData.loader`` with ``SkipSampler`` and ``PerSampleSeed``).
 """
 
@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 import torch
 
-from varnet_ds import runtime
 from varnet_ds.config import load_config
+from varnet_ds.data import loader, preflight
 from varnet_ds.distributed import DistInfo
 
 
@@ -39,17 +39,17 @@ def test_check_cache_rechecks_changed_and_added_files_only(synth_dirs, tmp_path,
     cache = tmp_path / "run" / "data_check_cache.json"
     cache.parent.mkdir()
     checked = []
-    real = runtime.check_file
+    real = preflight.check_file
 
     def counting(path, *args, **kwargs):
         checked.append(Path(path).name)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(runtime, "check_file", counting)
+    monkeypatch.setattr(preflight, "check_file", counting)
 
     def check():
         checked.clear()
-        assert runtime.check_data(cfg, fake_dist(), cache) == []
+        assert preflight.check_data(cfg, fake_dist(), cache) == []
         return sorted(checked)
 
     every = sorted(f.name for folder in dirs.values() for f in folder.glob("*.h5"))
@@ -84,7 +84,7 @@ def train_samples(synth_dirs, world_size, num_workers, epoch, skip=0):
                                f"data.num_workers={num_workers}"])
     out = {}
     for rank in range(world_size):
-        train = runtime.build_train_loader(cfg, fake_dist(rank, world_size), [])
+        train = loader.build_train_loader(cfg, fake_dist(rank, world_size), [])
         for batch in train.loader(epoch, skip=skip):
             assert train.aug_p == 1.0
             key = (Path(batch.fname[0]).name, int(batch.slice_num[0]))
