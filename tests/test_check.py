@@ -12,7 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
-from varnet_ds.data.check import DataError, check_file, check_folder, main
+from varnet_ds.data.check import check_folder, main
+from varnet_ds.data.fastmri_file import DataError, check_file
 
 NS = "http://www.ismrm.org/ISMRMRD"
 

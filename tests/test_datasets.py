@@ -15,7 +15,6 @@ from fastmri.data import SliceDataset
 from fastmri.data import transforms as T
 
 from varnet_ds.config import load_config
-from varnet_ds.data.check import DataError
 from varnet_ds.data.datasets import (
     DistributedVolumeSampler,
     VarNetTransform,
@@ -31,6 +30,7 @@ from varnet_ds.data.datasets import (
     volume_table,
     worker_seed,
 )
+from varnet_ds.data.fastmri_file import DataError
 
 
 def _raw(folder: Path):

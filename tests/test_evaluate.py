@@ -16,7 +16,7 @@ from fastmri.data import transforms as T
 from fastmri.models import VarNet
 
 from varnet_ds.config import load_config, save_config
-from varnet_ds.data.check import DataError, check_file
+from varnet_ds.data.fastmri_file import DataError, check_file
 from varnet_ds.eval.export import evaluate_folder, mask_summary, submission_crop
 from varnet_ds.evaluate import main
 from varnet_ds.model.varnet import VarNetDS

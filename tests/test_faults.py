@@ -231,8 +231,8 @@ def test_nonfinite_gradient_step_is_skipped(synth_dirs, tmp_path):
 
 
 def test_read_error_mid_run_names_file_and_slice(synth_dirs, tmp_path):
-    from varnet_ds.data.check import DataError
     from varnet_ds.data.datasets import build_eval_dataset
+    from varnet_ds.data.fastmri_file import DataError
 
     data = tmp_path / "val"
     shutil.copytree(synth_dirs["val"], data)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from varnet_ds.config import ModelConfig
-from varnet_ds.data.check import DataError
+from varnet_ds.data.fastmri_file import DataError
 from varnet_ds.profiling import planner
 from varnet_ds.profiling.planner import (
     POLICIES,

@@ -27,8 +27,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from varnet_ds.data.check import DataError
 from varnet_ds.data.datasets import MASK_TYPES
+from varnet_ds.data.fastmri_file import DataError
 from varnet_ds.eval.export import DEFAULT_ACCELERATION, evaluate_folder, format_summary
 from varnet_ds.exits import EXIT_BAD_DATA, EXIT_USAGE
 from varnet_ds.model.varnet import PRECISIONS

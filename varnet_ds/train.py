@@ -94,7 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         torch.set_num_threads(max(int(os.environ["OMP_NUM_THREADS"]), 1))
 
-    from varnet_ds.data.check import DataError
+    from varnet_ds.data.fastmri_file import DataError
     from varnet_ds.distributed import init_distributed
     from varnet_ds.profiling.planner import PlannerError
     from varnet_ds.trainer.build import build_trainer

@@ -26,8 +26,8 @@ from fastmri.data import SliceDataset
 from fastmri.data import transforms as T
 from fastmri.data.subsample import MaskFunc, create_mask_for_mask_type
 
-from varnet_ds.data.check import DataError, list_h5_files
 from varnet_ds.data.device_augment import FullySampledSample
+from varnet_ds.data.fastmri_file import DataError, list_h5_files
 from varnet_ds.data.samplers import (
     DistributedVolumeSampler,
     build_loader,

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 from omegaconf import DictConfig
 
 from varnet_ds.console import say
-from varnet_ds.data.check import DataError, check_file, list_h5_files
+from varnet_ds.data.fastmri_file import DataError, check_file, list_h5_files
 from varnet_ds.distributed import DistInfo, all_gather_object
 from varnet_ds.files import atomic_write_json
 

@@ -26,8 +26,9 @@ import torch
 from fastmri.data.transforms import center_crop
 from torch.utils.data import DataLoader
 
-from varnet_ds.data.check import TARGET_KEY, DataError, check_folder
+from varnet_ds.data.check import check_folder
 from varnet_ds.data.datasets import VarNetTransform, build_eval_dataset, volume_table
+from varnet_ds.data.fastmri_file import TARGET_KEY, DataError
 from varnet_ds.eval.metrics import VolumeResult, evaluation_crop, summarize, volume_metrics
 from varnet_ds.files import atomic_path, atomic_write_json, strict_json
 from varnet_ds.model.step import model_inputs

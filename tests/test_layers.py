@@ -1,0 +1,94 @@
+"""The import layers of ``varnet_ds`` (README "Layout"), checked on the source with ``ast``.
+
+L0 leaves ``config files seeding distributed system console exits`` -> L1 ``model/ data/ sim/`` -> L2 ``eval/
+tracking/ profiling/`` -> L3 ``trainer/ studies/`` -> L4 entry points. A module imports only from lower layers or
+from its own unit (its folder, or the L0 leaves among themselves); ``sim/`` may use ``data/`` (the augmentation
+preview) but ``data/`` never imports ``sim/``. Entry points may run each other (``demo`` runs ``evaluate``).
+"""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "varnet_ds"
+LAYERS = {
+    0: {"config", "files", "seeding", "distributed", "system", "console", "exits"},
+    1: {"model", "data", "sim"},
+    2: {"eval", "tracking", "profiling"},
+    3: {"trainer", "studies"},
+    4: {"train", "evaluate", "bench", "demo", "study", "study_bench"},
+}
+LAYER = {unit: level for level, units in LAYERS.items() for unit in units}
+SAME_LAYER_OK = {("sim", "data")}  # (importer, imported) across units of one layer, besides L0 and L4
+MODULES = sorted(p for p in PKG.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def unit_of(path: Path) -> str:
+    return path.relative_to(PKG).parts[0].removesuffix(".py")
+
+
+def imported_units(path: Path):
+    """(line, unit) of every ``varnet_ds`` import in ``path``, also those inside functions."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] if node.module != "varnet_ds" else [f"varnet_ds.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "varnet_ds" and len(parts) > 1:
+                yield node.lineno, parts[1]
+
+
+def violations(path: Path, me: str):
+    for line, other in imported_units(path):
+        if other == me:
+            continue
+        mine, theirs = LAYER[me], LAYER[other]
+        allowed = theirs < mine or (theirs == mine and (mine in (0, 4) or (me, other) in SAME_LAYER_OK))
+        if not allowed:
+            yield f"{path}:{line}: {me} (L{mine}) imports {other} (L{theirs})"
+
+
+def test_every_unit_has_a_layer():
+    units = {unit_of(p) for p in MODULES} - {"__init__"}
+    assert units <= set(LAYER), f"units without a layer (add them to the README and here): {units - set(LAYER)}"
+
+
+def test_imports_go_down_the_layers():
+    found = [v for p in MODULES for v in violations(p, unit_of(p))]
+    assert not found, "\n".join(found)
+
+
+def test_data_never_imports_the_simulator():
+    found = [f"{p}:{line}" for p in MODULES if unit_of(p) == "data" for line, u in imported_units(p) if u == "sim"]
+    assert not found, found
+
+
+def test_no_top_level_name_shadows_the_standard_library():
+    """``python varnet_ds/train.py`` puts varnet_ds/ first on sys.path: a top-level ``io.py`` would shadow io."""
+    clash = {unit_of(p) for p in MODULES} & set(sys.stdlib_module_names)
+    assert not clash, clash
+
+
+def test_package_inits_are_empty():
+    inits = [p for p in MODULES if p.name == "__init__.py" and p.read_text().strip()]
+    assert not inits, f"re-exports in {inits}: import from the defining module"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PKG)))
+def test_module_size(path):
+    assert len(path.read_text().splitlines()) <= 400, f"{path}: split it (the layout keeps files under 400 lines)"
+
+
+def test_layer_check_catches_upward_and_sideways_imports(tmp_path):
+    """The checker itself: model -> trainer (up) and data -> sim (sideways) are reported, model -> config is not."""
+    fake = tmp_path / "mod.py"
+    fake.write_text("import varnet_ds.config\ndef f():\n    from varnet_ds.trainer.loop import Trainer\n")
+    assert [v.split(": ", 1)[1] for v in violations(fake, "model")] == ["model (L1) imports trainer (L3)"]
+    fake.write_text("from varnet_ds.sim import synth\n")
+    assert len(list(violations(fake, "data"))) == 1 and not list(violations(fake, "demo"))
