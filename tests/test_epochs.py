@@ -18,12 +18,8 @@ Five launches of the ``deepspeed`` launcher, each about 20-35 s of CPU:
 """
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +29,7 @@ import psutil
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
-from trainrun import ROOT, common, env, free_port
+from trainrun import common, finish, kill_group, rows_of, start, tail, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -46,64 +42,6 @@ SEED = 42  # run.seed of the demo config: the epoch's global sample order
 
 def tag(step):
     return f"step{step:09d}"  # varnet_ds.trainer.checkpoint.tag_for
-
-
-def start(args, log_path):
-    """The deepspeed launcher with 2 CPU ranks, in its own process group (killed as a whole)."""
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-           str(ROOT / "varnet_ds" / "train.py"), *args]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    proc.log_path = log_path
-    return proc
-
-
-def kill_group(proc, sig=signal.SIGKILL):
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def tail(proc):
-    return Path(proc.log_path).read_text()[-5000:]
-
-
-def finish(proc, timeout):
-    """Exit code of ``proc``; a run that does not end in ``timeout`` s (a hang) fails the test, group killed."""
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        proc.wait()
-        pytest.fail(f"no exit within {timeout} s (hang?)\n{tail(proc)}")
-    finally:
-        kill_group(proc)  # leftovers of the launcher's group, if any
-
-
-def rows_of(run_dir):
-    """metrics.jsonl rows; a line being written (torn) is left out."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    for line in (path.read_text().splitlines() if path.exists() else []):
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    return rows
-
-
-def wait_until(predicate, proc, timeout=240):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"exited with {proc.returncode} before the awaited point\n{tail(proc)}")
-        time.sleep(0.02)
-    kill_group(proc)
-    pytest.fail(f"awaited point not reached in {timeout} s\n{tail(proc)}")
 
 
 def complete_meta(run_dir, step):

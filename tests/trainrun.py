@@ -2,9 +2,13 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model.num_cascades=2", "model.chans=4", "model.pools=2", "model.sens_chans=2", "model.sens_pools=2",
@@ -53,3 +57,64 @@ def ok(proc):
 def train_rows(run_dir):
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
     return [r for r in rows if r["split"] == "train"]
+
+
+# ------------------------------------------------------------------ 2-rank runs in their own process group
+
+
+def start(args, log_path):
+    """The deepspeed launcher with 2 CPU ranks, in its own process group (killed as a whole)."""
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+           str(ROOT / "varnet_ds" / "train.py"), *args]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    proc.log_path = log_path
+    return proc
+
+
+def kill_group(proc, sig=signal.SIGKILL):
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def tail(proc):
+    return Path(proc.log_path).read_text()[-5000:]
+
+
+def finish(proc, timeout):
+    """Exit code of ``proc``; a run that does not end in ``timeout`` s (a hang) fails the test, group killed."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        proc.wait()
+        pytest.fail(f"no exit within {timeout} s (hang?)\n{tail(proc)}")
+    finally:
+        kill_group(proc)  # leftovers of the launcher's group, if any
+
+
+def rows_of(run_dir):
+    """metrics.jsonl rows; a line being written (torn) is left out."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows
+
+
+def wait_until(predicate, proc, timeout=240):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"exited with {proc.returncode} before the awaited point\n{tail(proc)}")
+        time.sleep(0.02)
+    kill_group(proc)
+    pytest.fail(f"awaited point not reached in {timeout} s\n{tail(proc)}")
