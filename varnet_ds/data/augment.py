@@ -20,13 +20,11 @@ import fastmri
 import torch
 from fastmri.data.transforms import center_crop
 
-from varnet_ds.config import AugConfig
+from varnet_ds.config import AUG_SCHEDULES, AUG_WEIGHT_NAMES, AugConfig
 from varnet_ds.data.augment_ops import AugParams, transform_image
 
 __all__ = ["AugParams", "AugmentSchedule", "MRAugment"]
 
-SCHEDULES = ("constant", "ramp", "exp")
-_WEIGHT_NAMES = ("fliph", "flipv", "rot90", "translation", "rotation", "shearing", "scaling")
 _NUM_DRAWS = 16  # 7 fire draws + k, t_x, t_y, rotation, shear_x, shear_y, scale_x, scale_y, spare
 
 
@@ -45,8 +43,8 @@ class AugmentSchedule:
     """
 
     def __init__(self, kind: str, p_max: float, delay: int, total_epochs: int, exp_decay: float = 5.0):
-        if kind not in SCHEDULES:
-            raise ValueError(f"aug.schedule = {kind!r}: must be one of {list(SCHEDULES)}")
+        if kind not in AUG_SCHEDULES:
+            raise ValueError(f"aug.schedule = {kind!r}: must be one of {list(AUG_SCHEDULES)}")
         if not (isinstance(p_max, numbers.Real) and 0.0 <= p_max <= 1.0):
             raise ValueError(f"aug.p_max = {p_max!r}: must be a number in [0, 1]")
         if isinstance(delay, bool) or not isinstance(delay, numbers.Integral) or delay < 0:
@@ -97,7 +95,7 @@ def _check_aug_config(cfg: Any) -> None:
         value = getattr(cfg, key)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value < upper):
             raise ValueError(f"aug.{key} = {value!r}: must be a finite number in [0, {upper})")
-    for name in _WEIGHT_NAMES:
+    for name in AUG_WEIGHT_NAMES:
         value = getattr(cfg.weights, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"aug.weights.{name} = {value!r}: must be a finite number >= 0")
@@ -165,7 +163,7 @@ class MRAugment:
         cfg = AugConfig() if cfg is None else cfg
         _check_aug_config(cfg)
         self.cfg = cfg
-        self.weights = {name: float(getattr(cfg.weights, name)) for name in _WEIGHT_NAMES}
+        self.weights = {name: float(getattr(cfg.weights, name)) for name in AUG_WEIGHT_NAMES}
         self.upsample_factor = int(cfg.upsample_factor) if cfg.upsample else 1
         self.anisotropic_scaling = bool(getattr(cfg, "anisotropic_scaling", False))
         self.last_params: Optional[AugParams] = None
@@ -185,7 +183,7 @@ class MRAugment:
         _check_generator(generator)
         device = generator.device if generator is not None else "cpu"
         u = torch.rand(_NUM_DRAWS, generator=generator, dtype=torch.float64, device=device).tolist()
-        fire = {name: u[i] < self.weights[name] * p for i, name in enumerate(_WEIGHT_NAMES)}
+        fire = {name: u[i] < self.weights[name] * p for i, name in enumerate(AUG_WEIGHT_NAMES)}
         cfg = self.cfg
 
         def sym(x: float, limit: float) -> float:  # U(-limit, limit) from U(0, 1)

@@ -26,6 +26,7 @@ from fastmri.data import SliceDataset
 from fastmri.data import transforms as T
 from fastmri.data.subsample import MaskFunc, create_mask_for_mask_type
 
+from varnet_ds.config import MASK_TYPES
 from varnet_ds.data.check import DataError, list_h5_files
 from varnet_ds.data.device_augment import FullySampledSample
 from varnet_ds.data.samplers import (
@@ -38,13 +39,12 @@ from varnet_ds.data.samplers import (
 )
 
 __all__ = [
-    "MASK_TYPES", "VarNetTransform", "FolderSliceDataset", "DistributedVolumeSampler", "build_mask_func",
+    "VarNetTransform", "FolderSliceDataset", "DistributedVolumeSampler", "build_mask_func",
     "build_train_sampler", "worker_seed", "seed_worker", "make_slice_dataset", "volume_table", "build_loader",
     "set_loader_epoch", "build_train_dataset", "build_eval_dataset", "eval_settings",
 ]
 
 PathLike = Union[str, Path]
-MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
 
 
 def build_mask_func(
@@ -53,7 +53,7 @@ def build_mask_func(
     """A fastMRI column mask function; one (center fraction, acceleration) pair is drawn per call.
 
     Args:
-        mask_type: One of :data:`MASK_TYPES`.
+        mask_type: One of :data:`varnet_ds.config.MASK_TYPES`.
         center_fractions: Fraction of fully sampled center columns per pair, in (0, 1).
         accelerations: Acceleration per pair (> 0); same length as ``center_fractions``.
         seed: Seed of the function's ``np.random.RandomState`` (None: fresh entropy).

@@ -46,11 +46,10 @@ from fastmri.models.varnet import NormUnet
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from varnet_ds.config import CHECKPOINTING, PRECISIONS
 from varnet_ds.model.compiled import compiled_norm_unet
 
-CHECKPOINTING = ("none", "cascades", "all", "selective", "selective_all")
 SENS_CHECKPOINTED = ("all", "selective_all")  # policies that checkpoint the sensitivity network
-PRECISIONS = ("fp32", "bf16")
 CONVOLUTION = torch.ops.aten.convolution.default  # conv2d and conv_transpose2d below autograd
 
 

@@ -11,13 +11,11 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from varnet_ds.config import ModelConfig, load_config
+from varnet_ds.config import FASTMRI_SIZES, SIZE_KEYS, load_config
 from varnet_ds.model.varnet import VarNetDS
 from varnet_ds.system import resolve_device
 
 PathLike = Union[str, Path]
-SIZE_KEYS = ("num_cascades", "chans", "pools", "sens_chans", "sens_pools")
-FASTMRI_SIZES = {k: getattr(ModelConfig(), k) for k in SIZE_KEYS}  # 12, 18, 4, 8, 4 as fastMRI's VarNet
 WEIGHTS_FILE = "model_fp32.pt"
 ZERO_TO_FP32_FILE = "pytorch_model.bin"  # what DeepSpeed's zero_to_fp32.py writes into its output folder
 

@@ -35,13 +35,13 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Opt
 
 import torch
 
+from varnet_ds.config import CHECKPOINTING, PRECISIONS, SIZE_KEYS
 from varnet_ds.model.step import loss_of, ssim_loss
-from varnet_ds.model.varnet import CHECKPOINTING, PRECISIONS, SENS_CHECKPOINTED, VarNetDS, count_parameters
+from varnet_ds.model.varnet import SENS_CHECKPOINTED, VarNetDS, count_parameters
 from varnet_ds.system import GIB, release_memory
 
 PathLike = Union[str, Path]
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-MODEL_KEYS = ("num_cascades", "chans", "pools", "sens_chans", "sens_pools")
 DS_DEFAULT_BUCKET = 500_000_000  # DeepSpeed's reduce_bucket_size default (elements)
 
 
@@ -171,7 +171,7 @@ def model_kwargs(model_cfg: Any) -> Dict[str, int]:
     ``model.compile: true`` adds ``compile_unets=True``: the profile then measures the compiled U-Nets.
     """
     get = model_cfg.get if isinstance(model_cfg, Mapping) else lambda k: getattr(model_cfg, k, None)
-    kw = {k: get(k) for k in MODEL_KEYS}
+    kw = {k: get(k) for k in SIZE_KEYS}
     missing = [k for k, v in kw.items() if v is None]
     if missing:
         raise ValueError(f"model config lacks {['model.' + k for k in missing]}")

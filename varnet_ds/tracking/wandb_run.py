@@ -25,12 +25,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from varnet_ds.config import to_dict
+from varnet_ds.config import WANDB_MODES, to_dict
 from varnet_ds.tracking.metrics_file import SPLITS
 
 STEP_KEY = "trainer/step"
 EPOCH_KEY = "trainer/epoch"
-WANDB_MODES = ("online", "offline", "disabled")
 MAX_METRICS = ("ssim", "psnr")  # higher is better: summary <key>_max
 MIN_METRICS = ("nmse", "loss")  # lower is better: summary <key>_min
 IMAGE_PANELS = ("zero_filled", "reconstruction", "target", "error")  # varnet_ds.eval.validate panels
