@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from varnet_ds.config import FASTMRI_SIZES, SIZE_KEYS, load_config
-from varnet_ds.model.varnet import VarNetDS
+from varnet_ds.model.varnet import VarNetDS, build_model
 from varnet_ds.system import resolve_device
 
 PathLike = Union[str, Path]
@@ -151,7 +151,7 @@ def load_model(
     unknown = sorted(set(resolved) - set(SIZE_KEYS))
     if unknown:
         raise ValueError(f"unknown model size keys {unknown}; expected {list(SIZE_KEYS)}")
-    model = VarNetDS(**resolved, checkpointing="none", precision=precision)
+    model = build_model(resolved, precision, checkpointing="none")
     check_state_dict(state, model, path)
     model.load_state_dict(state, strict=True)
     model.source_checkpoint = str(path)
