@@ -17,6 +17,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from varnet_ds.files import atomic_write_text
+
 CONF_DIR = Path(__file__).parent / "conf"
 
 
@@ -258,11 +260,8 @@ def load_config(
 
 
 def save_config(cfg: DictConfig, path: Union[str, Path]) -> None:
-    """Write the resolved config as YAML (atomic replace)."""
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tmp.replace(path)
+    """Write the resolved config as YAML (atomically: :func:`varnet_ds.files.atomic_write_text`)."""
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
