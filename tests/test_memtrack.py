@@ -23,8 +23,6 @@ def test_counts_allocations_frees_and_views_exactly():
         d = torch.cat([a, c])  # 2 MiB more while a and c are alive
         assert mem.peak_bytes == 4 * MIB and mem.peak_op == "cat.default"
         del d, c, view
-        mem.reset_peak()
-        assert mem.peak_bytes == mem.current_bytes == MIB
     assert mem.ops >= 5
 
 

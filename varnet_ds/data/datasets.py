@@ -1,24 +1,21 @@
-"""fastMRI multicoil slice datasets, sampling masks, the VarNet sample transform and seeded loaders.
+"""fastMRI multicoil slice datasets, sampling masks and the VarNet sample transform.
 
 Wraps ``fastmri.data.SliceDataset`` (one sample = one slice), ``create_mask_for_mask_type`` and
-``VarNetDataTransform``; adds MRAugment (augment the fully sampled k-space, then mask), deterministic
-subsampling shared by every rank, and per-(run seed, epoch, rank, worker) seeding of every RNG involved.
+``VarNetDataTransform``; adds MRAugment (augment the fully sampled k-space, then mask) and deterministic
+subsampling shared by every rank. Samplers and seeded loaders: :mod:`varnet_ds.data.samplers`; the trainer's
+resumable training data: :mod:`varnet_ds.data.loader`.
 
 Typical use::
 
     train_ds = build_train_dataset(cfg, augmentor, schedule)
-    sampler = build_train_sampler(train_ds, world_size, rank, cfg.run.seed)
-    loader = build_loader(train_ds, sampler, cfg.data.num_workers, cfg.run.seed, rank, epoch=0)
-    for epoch in ...:
-        set_loader_epoch(loader, epoch)   # sampler order, augmentation strength p and worker seeds
-        for batch in loader: ...          # batch: VarNetSample with a leading batch dim of 1
+    val_ds = build_eval_dataset(cfg.data.val_path, cfg.eval.knee_mask_type, 0.08, 4)
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as etree
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -29,20 +26,10 @@ from fastmri.data.subsample import MaskFunc, create_mask_for_mask_type
 from varnet_ds.config import MASK_TYPES
 from varnet_ds.data.check import DataError, list_h5_files
 from varnet_ds.data.device_augment import FullySampledSample
-from varnet_ds.data.samplers import (
-    DistributedVolumeSampler,
-    build_loader,
-    build_train_sampler,
-    seed_worker,
-    set_loader_epoch,
-    worker_seed,
-)
 
-__all__ = [
-    "VarNetTransform", "FolderSliceDataset", "DistributedVolumeSampler", "build_mask_func",
-    "build_train_sampler", "worker_seed", "seed_worker", "make_slice_dataset", "volume_table", "build_loader",
-    "set_loader_epoch", "build_train_dataset", "build_eval_dataset", "eval_settings",
-]
+# Only for varnet_ds/eval/validate.py, which still imports these two from here; drop once it imports them from
+# varnet_ds.data.samplers.
+from varnet_ds.data.samplers import DistributedVolumeSampler, build_loader  # noqa: F401
 
 PathLike = Union[str, Path]
 
@@ -382,8 +369,3 @@ def build_eval_dataset(
         max_volumes=max_volumes,
         skip_files=skip_files,
     )
-
-
-def eval_settings(cfg: Any) -> Tuple[Tuple[float, int], ...]:
-    """The (center fraction, acceleration) pairs of ``cfg.eval``."""
-    return tuple(zip((float(c) for c in cfg.eval.center_fractions), (int(a) for a in cfg.eval.accelerations)))
