@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from fastmri.data.transforms import center_crop
 from omegaconf import OmegaConf
 
-from varnet_ds.config import AugConfig
+from varnet_ds.config import AUG_WEIGHT_NAMES, AugConfig
 from varnet_ds.data.augment import AugmentSchedule, MRAugment
 from varnet_ds.data.augment_ops import AugParams, affine_matrix, affine_warp, rot90_keep_shape
 from varnet_ds.profiling.benchmark import bench_augment
@@ -41,7 +41,7 @@ def _ref_target(kspace_aug: torch.Tensor, size) -> torch.Tensor:
 
 def _all_weights_one() -> AugConfig:
     cfg = AugConfig()
-    for name in ("fliph", "flipv", "rot90", "translation", "rotation", "shearing", "scaling"):
+    for name in AUG_WEIGHT_NAMES:
         setattr(cfg.weights, name, 1.0)
     return cfg
 
@@ -232,11 +232,16 @@ def test_same_seed_same_draw_different_seeds_differ():
     assert torch.equal(a, b)
 
 
+def test_weight_draw_order_is_pinned():
+    # u[i] decides whether AUG_WEIGHT_NAMES[i] fires: reordering the AugWeights fields would change every draw
+    assert AUG_WEIGHT_NAMES == ("fliph", "flipv", "rot90", "translation", "rotation", "shearing", "scaling")
+
+
 def test_fire_frequencies_and_ranges():
     cfg = AugConfig()
     aug, gen, n, p = MRAugment(cfg), torch.Generator().manual_seed(0), 4000, 0.8
     draws = [aug.sample_params(p, gen, (640, 368)) for _ in range(n)]
-    for name in ("fliph", "flipv", "rot90", "translation", "rotation", "shearing", "scaling"):
+    for name in AUG_WEIGHT_NAMES:
         rate = sum(name in d.fired for d in draws) / n
         expected = min(getattr(cfg.weights, name) * p, 1.0)
         sigma = math.sqrt(max(expected * (1 - expected), 1e-4) / n)
@@ -259,7 +264,7 @@ def test_weight_times_p_at_least_one_always_fires_and_anisotropic_option():
         anisotropic_scaling: bool = True
 
     cfg = AnisoConfig()
-    for name in ("fliph", "flipv", "rot90", "translation", "rotation", "shearing", "scaling"):
+    for name in AUG_WEIGHT_NAMES:
         setattr(cfg.weights, name, 1.0)
     gen = torch.Generator().manual_seed(1)
     draws = [MRAugment(cfg).sample_params(1.0, gen, (H, W)) for _ in range(50)]
