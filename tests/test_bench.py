@@ -14,6 +14,7 @@ from varnet_ds import bench
 from varnet_ds.bench import format_table, parse_shape, reference_drift
 from varnet_ds.profiling.benchmark import REFERENCE, BenchResult, bench_augment_rows
 from varnet_ds.profiling.comms import comms_table, zero2_comm_estimate
+from varnet_ds.system import device_name
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--shape", "32x24x2", "--cascades", "1", "--chans", "4", "--pools", "2", "--sens-chans", "2",
@@ -34,7 +35,7 @@ def run_bench(*extra):
 
 def test_bench_table_text():
     out = run_bench("--repeat-reference").stdout
-    assert "device: CPU | torch" in out and "| deepspeed " in out and "| date " in out
+    assert f"device: {device_name()} | torch" in out and "| deepspeed " in out and "| date " in out
     lines = out.splitlines()
     ref = [ln for ln in lines if ln.startswith(REFERENCE)]
     assert len(ref) == 2 and ref[1].startswith(f"{REFERENCE} repeat")
@@ -48,7 +49,7 @@ def test_bench_table_text():
 
 def test_bench_json():
     doc = json.loads(run_bench("--json").stdout)  # stdout holds the JSON document only
-    assert doc["device"] == "CPU" and doc["torch"] == torch.__version__ and doc["deepspeed"]
+    assert doc["device"] == device_name() and doc["torch"] == torch.__version__ and doc["deepspeed"]
     assert len(doc["date"]) == 10 and doc["shape"] == {"coils": 2, "height": 32, "width": 24}
     rows = doc["results"]
     assert [r["name"] for r in rows] == [REFERENCE, *CONFIGS]

@@ -8,8 +8,9 @@ from fastmri.models.unet import Unet
 from fastmri.models.varnet import NormUnet
 
 from varnet_ds.config import load_config
+from varnet_ds.model import compiled
 from varnet_ds.model.compiled import norm_unet_forward, unet_forward
-from varnet_ds.model.varnet import VarNetDS, build_model, compiled
+from varnet_ds.model.varnet import VarNetDS, build_model
 
 SMALL = dict(num_cascades=2, chans=4, pools=2, sens_chans=2, sens_pools=2)
 

@@ -14,14 +14,6 @@ def test_shipped_configs_load(name):
     assert cfg.run.name and cfg.model.checkpointing in ("none", "cascades", "all")
 
 
-def test_config_accepts_exactly_the_models_policies():
-    from varnet_ds.config import _CHOICES
-    from varnet_ds.model.varnet import CHECKPOINTING, PRECISIONS
-
-    assert _CHOICES["model.checkpointing"] == CHECKPOINTING and _CHOICES["train.precision"] == PRECISIONS
-    assert load_config("baseline", ["model.checkpointing=selective_all"]).model.checkpointing == "selective_all"
-
-
 def test_mraugment_differs_from_baseline_only_in_aug_and_names():
     a = load_config("baseline")
     b = load_config("mraugment")

@@ -13,24 +13,20 @@ import pytest
 import torch
 from fastmri.data import SliceDataset
 from fastmri.data import transforms as T
+from torch.utils.data import DistributedSampler
 
 from varnet_ds.config import load_config
 from varnet_ds.data.datasets import (
-    DistributedVolumeSampler,
     VarNetTransform,
     build_eval_dataset,
-    build_loader,
     build_mask_func,
     build_train_dataset,
-    build_train_sampler,
-    eval_settings,
     make_slice_dataset,
-    seed_worker,
-    set_loader_epoch,
     volume_table,
-    worker_seed,
 )
 from varnet_ds.data.fastmri_file import DataError
+from varnet_ds.data.samplers import DistributedVolumeSampler, build_loader, seed_worker, set_loader_epoch
+from varnet_ds.seeding import worker_seed
 
 
 def _raw(folder: Path):
@@ -241,7 +237,6 @@ def test_build_datasets_from_config(synth_dirs):
     assert len(volume_table(ds)) == round(3 * 0.5)
     s = ds[0]
     assert s.masked_kspace.ndim == 4 and s.target.shape == tuple(s.crop_size)
-    assert eval_settings(cfg) == ((0.08, 4), (0.04, 8))
     with pytest.raises(ValueError, match="data.train_path"):
         build_train_dataset(load_config(None, []))
     ev = build_eval_dataset(synth_dirs["brain"], "equispaced", 0.08, 4, max_volumes=1)
@@ -291,29 +286,6 @@ def test_volume_sampler_on_dataset_and_errors(synth_dirs):
         DistributedVolumeSampler(ds, 3, 3)
 
 
-@pytest.mark.parametrize("world", [2, 3, 4])
-def test_train_sampler_shards(synth_dirs, world):
-    ds = make_slice_dataset(synth_dirs["train"], None)
-    n = len(ds)
-    for epoch in (0, 1):
-        shards = []
-        for r in range(world):
-            s = build_train_sampler(ds, world, r, seed=42)
-            s.set_epoch(epoch)
-            shards.append(list(s))
-        assert len({len(x) for x in shards}) == 1
-        flat = [i for x in shards for i in x]
-        assert set(flat) == set(range(n))
-        assert len(flat) - len(set(flat)) == (-n) % world  # only DistributedSampler's tail padding repeats
-        if n % world == 0:
-            assert all(set(a).isdisjoint(b) for k, a in enumerate(shards) for b in shards[k + 1:])
-    s = build_train_sampler(ds, world, 0, seed=42)
-    s.set_epoch(0)
-    first = list(s)
-    s.set_epoch(1)
-    assert list(s) != first or n // world < 2
-
-
 # --- seeding and loaders ---
 
 
@@ -346,7 +318,7 @@ def test_loader_masks_reproducible_per_rank_epoch_and_worker_path(synth_dirs):
     def loader(rank, epoch, workers):
         cfg = load_config(None, [f"data.train_path={synth_dirs['train']}", "run.seed=3"])
         ds = build_train_dataset(cfg)
-        return build_loader(ds, build_train_sampler(ds, 2, rank, 3), workers, 3, rank, epoch)
+        return build_loader(ds, DistributedSampler(ds, num_replicas=2, rank=rank, seed=3), workers, 3, rank, epoch)
 
     ref = _epoch_masks(loader(0, 0, 0))
     batch = next(iter(loader(0, 0, 0)))

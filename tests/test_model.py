@@ -139,6 +139,26 @@ def test_default_size_and_build_from_config():
     assert count_parameters(VarNetDS()) == 29_936_966  # fastMRI default E2E-VarNet
 
 
+def test_build_model_from_sizes_with_overrides_and_errors():
+    from varnet_ds.config import FASTMRI_SIZES, ModelConfig, load_config
+    from varnet_ds.model.weights import model_sizes
+
+    plain = build_model(SMALL)  # a mapping of sizes: the schema's defaults for the rest
+    assert model_sizes(plain) == SMALL and plain.checkpointing == "cascades" and plain.precision == "fp32"
+    assert plain.sens_chunk == 0 and not plain.compile_unets
+    assert model_sizes(build_model(ModelConfig())) == FASTMRI_SIZES
+    cfg = load_config("baseline", ["model.num_cascades=1"]).model  # checkpointing=all, sens_chunk=4
+    model = build_model(cfg, "bf16", checkpointing="none", sens_chunk=0, compile=True)
+    assert (model.checkpointing, model.sens_chunk, model.precision, model.compile_unets) == ("none", 0, "bf16", True)
+    assert build_model(dict(SMALL, checkpointing="all", sens_chunk=2)).sens_net.norm_unet.checkpoint_chunks
+    with pytest.raises(ValueError, match=r"lacks \['model.pools'\]"):
+        build_model({k: v for k, v in SMALL.items() if k != "pools"})
+    with pytest.raises(ValueError, match=r"unknown model keys \['cascades'\]"):
+        build_model(dict(SMALL, cascades=2))
+    with pytest.raises(ValueError, match="model.checkpointing = 'some'"):
+        build_model(SMALL, checkpointing="some")
+
+
 def _step_cost(policy: str):
     from varnet_ds.profiling.memtrack import measure_step
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from varnet_ds.config import ModelConfig
 from varnet_ds.data.fastmri_file import DataError
 from varnet_ds.profiling import planner
 from varnet_ds.profiling.planner import (
@@ -18,7 +17,6 @@ from varnet_ds.profiling.planner import (
     choose_policy,
     deepspeed_extra_bytes,
     largest_shape,
-    model_kwargs,
     plan,
     profile_policies,
 )
@@ -141,13 +139,6 @@ def test_largest_shape_errors(tmp_path):
         largest_shape([])
     with pytest.raises(DataError, match="missing_folder"):
         largest_shape(tmp_path / "missing_folder")
-
-
-def test_model_kwargs_from_config_dict_and_errors():
-    assert model_kwargs(ModelConfig()) == dict(num_cascades=12, chans=18, pools=4, sens_chans=8, sens_pools=4)
-    assert model_kwargs(TINY) == TINY
-    with pytest.raises(ValueError, match="model.pools"):
-        model_kwargs({k: v for k, v in TINY.items() if k != "pools"})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")

@@ -189,6 +189,19 @@ def test_deterministic_for_a_seed(tmp_path):
     assert len(names) == 18
 
 
+def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
+    from varnet_ds.sim import synth
+
+    def broken(spec, colin_path=None):
+        yield from []
+        raise OSError("disk full (fake)")
+
+    monkeypatch.setattr(synth, "simulate_volume", broken)
+    with pytest.raises(OSError, match="disk full"):
+        synth.write_volume(make_spec("knee", 0, 0, shape=(48, 40), recon_size=(24, 24), slices=1, coils=2), tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither the volume nor a temporary file
+
+
 def test_defaults_match_fastmri():
     knee = [make_spec("knee", i, 3) for i in range(6)]
     for s in knee:

@@ -17,7 +17,7 @@ import torch
 from varnet_ds.config import load_config
 from varnet_ds.tracking.metrics_file import read_rows as read_metrics
 from varnet_ds.tracking.tracker import Tracker
-from varnet_ds.tracking.wandb_run import has_wandb_credentials, resolve_wandb_mode, wandb_base_url, wandb_credentials
+from varnet_ds.tracking.wandb_run import resolve_wandb_mode, wandb_base_url, wandb_credentials
 
 
 @pytest.fixture
@@ -45,22 +45,24 @@ def _netrc(path: Path, host: str) -> None:
 
 
 def test_resolve_wandb_mode(wandb_env, monkeypatch):
-    assert resolve_wandb_mode("disabled") == "disabled"
+    assert resolve_wandb_mode("disabled")[0] == "disabled"
     with pytest.raises(ValueError, match="log.wandb.mode"):
         resolve_wandb_mode("sometimes")
-    assert not has_wandb_credentials()
-    assert resolve_wandb_mode(None) == "offline"
+    assert not wandb_credentials()[0]
+    mode, fallback = resolve_wandb_mode(None)
+    assert mode == "offline" and fallback.startswith("no API key for ")
+    assert resolve_wandb_mode("offline") == ("offline", None)
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    assert resolve_wandb_mode(None) == "online"
+    assert resolve_wandb_mode(None)[0] == "online"
     monkeypatch.setenv("WANDB_MODE", "dryrun")
-    assert resolve_wandb_mode(None) == "offline"
-    assert resolve_wandb_mode("online") == "online"  # the config value wins over the environment
+    assert resolve_wandb_mode(None)[0] == "offline"
+    assert resolve_wandb_mode("online")[0] == "online"  # the config value wins over the environment
     monkeypatch.setenv("WANDB_MODE", "bogus")
     with pytest.raises(ValueError, match="WANDB_MODE"):
         resolve_wandb_mode(None)
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_DISABLED", "true")
-    assert resolve_wandb_mode(None) == "disabled"
+    assert resolve_wandb_mode(None)[0] == "disabled"
 
 
 def test_login_is_decided_by_wandb(wandb_env, monkeypatch):
@@ -71,18 +73,18 @@ def test_login_is_decided_by_wandb(wandb_env, monkeypatch):
     assert wandb_base_url() == urls.DEFAULT_BASE_URL
     assert wandb_credentials() == (False, urls.DEFAULT_BASE_URL)
     _netrc(wandb_env / "netrc", default_host)
-    assert has_wandb_credentials() and resolve_wandb_mode(None) == "online"
+    assert wandb_credentials()[0] and resolve_wandb_mode(None)[0] == "online"
     _netrc(wandb_env / "netrc", "wandb.example.org")  # a key for another server only
-    assert not has_wandb_credentials()
+    assert not wandb_credentials()[0]
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # self-hosted server
-    assert wandb_credentials() == (True, "https://wandb.example.org") and resolve_wandb_mode(None) == "online"
+    assert wandb_credentials() == (True, "https://wandb.example.org") and resolve_wandb_mode(None)[0] == "online"
     (wandb_env / "netrc").unlink()
     monkeypatch.setenv("HOME", str(wandb_env / "home"))  # ~/.netrc is the file when NETRC is unset
     monkeypatch.delenv("NETRC")
     (wandb_env / "home").mkdir()
-    assert resolve_wandb_mode(None) == "offline"
+    assert resolve_wandb_mode(None)[0] == "offline"
     _netrc(wandb_env / "home" / ".netrc", "wandb.example.org")
-    assert resolve_wandb_mode(None) == "online"
+    assert resolve_wandb_mode(None)[0] == "online"
     monkeypatch.setenv("WANDB_API_KEY", "short")  # malformed: wandb refuses it, so do we (with the reason)
     found, detail = wandb_credentials()
     assert not found and "API key" in detail
@@ -93,7 +95,8 @@ def test_offline_fallback_prints_one_line(wandb_env, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert tracker.mode == "offline" and len(lines) == 1, lines
     assert "offline" in lines[0] and "no API key" in lines[0]
-    assert lines[0].endswith(f"wandb sync {tracker.wandb_dir}") and tracker.wandb_dir.is_dir()
+    (wandb_dir,) = (wandb_env / "run" / "wandb").glob("offline-run-*")
+    assert lines[0].endswith(f"wandb sync {wandb_dir}")
     tracker.finish()
     capsys.readouterr()
     explicit = Tracker(_cfg("offline"), wandb_env / "run2", rank=0)  # asked for offline: nothing to say
@@ -270,7 +273,7 @@ def test_offline_wandb_run_and_resume(wandb_env, monkeypatch, capsys):
     resumed.finish()
     # W&B names offline run folders offline-run-<second>-<id>, adding "-1" when that name is taken
     resumed_dirs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}*"))
-    assert len(resumed_dirs) == 2 and resumed.wandb_dir in resumed_dirs
+    assert len(resumed_dirs) == 2
     assert any(p.suffix == ".wandb" for d in resumed_dirs for p in d.iterdir())
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [10, 10, 11]
 
@@ -349,7 +352,7 @@ def test_study_run_identity_summaries_and_model_artifacts(wandb_env, monkeypatch
     tracker.log_summary({"selected/val_knee/ssim": np.float64(0.8)})
     tracker.finish()
 
-    records = _wandb_records(next(tracker.wandb_dir.glob("*.wandb")))
+    records = _wandb_records(next((run_dir / "wandb").glob("offline-run-*/*.wandb")))
     run_record = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run_record.display_name == "mraugment-s3" and run_record.run_group == "study-1"
     assert run_record.job_type == "mraugment" and list(run_record.tags) == ["knee2brain", "seed-3", "mraugment"]

@@ -55,9 +55,8 @@ def study_root(tmp_path_factory):
                         panels = {p: np.random.rand(8, 8) for p in ("zero_filled", "reconstruction", "target",
                                                                      "error")}
                         tracker.log_images(step, epoch, "val_brain", panels)
-                    wandb_dir = tracker.wandb_dir
                 (run_dir / "selected.json").write_text(json.dumps({"step": 20, "epoch": 1, "value": knee + 0.01}))
-                for hist in _history(_wandb_records(next(wandb_dir.glob("*.wandb")))):
+                for hist in _history(_wandb_records(next((run_dir / "wandb").glob("offline-run-*/*.wandb")))):
                     logged |= set(hist)
     finally:
         mp.undo()

@@ -41,7 +41,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from fastmri.models import VarNet
 
-from varnet_ds.model.varnet import CHECKPOINTING, SENS_CHECKPOINTED, count_parameters
+from varnet_ds.config import CHECKPOINTING, FASTMRI_SIZES, PRECISIONS, SIZE_KEYS
+from varnet_ds.model.varnet import SENS_CHECKPOINTED, count_parameters
 from varnet_ds.profiling.benchmark import DS_DIR, REFERENCE, bench_augment_rows, run
 from varnet_ds.system import versions
 
@@ -50,6 +51,7 @@ SHAPES: Dict[str, Tuple[int, int, int]] = {  # coils, H, W
     "brain": (16, 640, 320),
     "brain_big": (20, 768, 396),
 }
+SIZE_FLAGS = {key: "--" + key.replace("num_", "").replace("_", "-") for key in SIZE_KEYS}  # --cascades, --chans, ...
 AUG_TARGET = 0.05  # issue 4: augmentation adds <= 5 % to a GPU training step
 
 
@@ -160,13 +162,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m varnet_ds.bench", description=__doc__.splitlines()[0])
     p.add_argument("--shape", type=parse_shape, default=SHAPES["knee"], help="knee | brain | brain_big | HxWxC")
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration (after 1 warm-up)")
-    p.add_argument("--cascades", type=int, default=12)
-    p.add_argument("--chans", type=int, default=18)
-    p.add_argument("--pools", type=int, default=4)
-    p.add_argument("--sens-chans", type=int, default=8)
-    p.add_argument("--sens-pools", type=int, default=4)
+    for key, flag in SIZE_FLAGS.items():
+        p.add_argument(flag, dest=key, type=int, default=FASTMRI_SIZES[key], help=f"default: {FASTMRI_SIZES[key]}")
     p.add_argument("--checkpointing", nargs="+", default=["none", "cascades", "all"], choices=list(CHECKPOINTING))
-    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
     p.add_argument("--sens-chunk", nargs="+", type=int, default=[0, 4],
                    help="with ckpt=all|selective_all: coils per sensitivity U-Net call (0 = all at once)")
     p.add_argument("--ds", nargs="+", default=["zero0", "zero2"],
@@ -223,8 +222,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             _parser().error(f"--{name.replace('_', '-')} = {getattr(args, name)}: must be >= 1")
     if min(args.sens_chunk) < 0:
         _parser().error(f"--sens-chunk {args.sens_chunk}: must be >= 0")
-    model_kw = dict(num_cascades=args.cascades, chans=args.chans, pools=args.pools,
-                    sens_chans=args.sens_chans, sens_pools=args.sens_pools)
+    model_kw = {key: getattr(args, key) for key in SIZE_FLAGS}
     rc = 0
     with _stdout_to_stderr(args.json):
         doc: dict = dict(header(), shape=dict(coils=args.shape[0], height=args.shape[1], width=args.shape[2]),

@@ -9,7 +9,7 @@ Unknown keys and wrong types raise :class:`ConfigError` naming the offending key
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -17,11 +17,23 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from varnet_ds.files import atomic_write_text
+
 CONF_DIR = Path(__file__).parent / "conf"
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and the value."""
+
+
+# The one definition of every choice: the schema checks these, the modules and CLIs import them from here.
+CHECKPOINTING = ("none", "cascades", "all", "selective", "selective_all")  # model.checkpointing (model/varnet.py)
+PRECISIONS = ("fp32", "bf16")  # train.precision: bf16 autocast U-Nets, FFTs in fp32
+MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")  # fastMRI mask functions
+AUG_SCHEDULES = ("constant", "ramp", "exp")  # aug.schedule (data/augment.py AugmentSchedule)
+AUG_DEVICES = ("cpu", "cuda")  # aug.device: in the loader workers | batched on the GPU in the train step
+WANDB_MODES = ("online", "offline", "disabled")  # log.wandb.mode (null: automatic)
+SIZE_KEYS = ("num_cascades", "chans", "pools", "sens_chans", "sens_pools")  # VarNet sizes (ModelConfig fields)
 
 
 @dataclass
@@ -64,15 +76,23 @@ class ModelConfig:
     compile: bool = False  # torch.compile the U-Nets (one shared graph, varnet_ds.model.compiled); GPU speed lever
 
 
+FASTMRI_SIZES = {k: getattr(ModelConfig(), k) for k in SIZE_KEYS}  # 12, 18, 4, 8, 4 as fastMRI's VarNet
+
+
 @dataclass
 class AugWeights:
+    # Field order = MRAugment's draw order (varnet_ds.data.augment draws one uniform per field in this order):
+    # reordering the fields changes which draw fires which transform.
     fliph: float = 0.5
     flipv: float = 0.5
     rot90: float = 0.5
-    rotation: float = 0.5
     translation: float = 1.0
-    scaling: float = 1.0
+    rotation: float = 0.5
     shearing: float = 1.0
+    scaling: float = 1.0
+
+
+AUG_WEIGHT_NAMES = tuple(f.name for f in fields(AugWeights))  # in draw order
 
 
 @dataclass
@@ -155,15 +175,15 @@ class Config:
 
 
 _CHOICES = {
-    "model.checkpointing": ("none", "cascades", "all", "selective", "selective_all"),  # = model.CHECKPOINTING
-    "train.precision": ("fp32", "bf16"),
-    "aug.schedule": ("constant", "ramp", "exp"),
-    "aug.device": ("cpu", "cuda"),
+    "model.checkpointing": CHECKPOINTING,
+    "train.precision": PRECISIONS,
+    "aug.schedule": AUG_SCHEDULES,
+    "aug.device": AUG_DEVICES,
     "data.challenge": ("multicoil",),
-    "data.mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
-    "eval.knee_mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
-    "eval.brain_mask_type": ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction"),
-    "log.wandb.mode": (None, "online", "offline", "disabled"),
+    "data.mask_type": MASK_TYPES,
+    "eval.knee_mask_type": MASK_TYPES,
+    "eval.brain_mask_type": MASK_TYPES,
+    "log.wandb.mode": (None, *WANDB_MODES),
     "run.resume": ("auto", "force"),
 }
 # Keys a rerun of an existing run folder may change without run.resume=force: they do not change what is trained.
@@ -240,11 +260,8 @@ def load_config(
 
 
 def save_config(cfg: DictConfig, path: Union[str, Path]) -> None:
-    """Write the resolved config as YAML (atomic replace)."""
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tmp.replace(path)
+    """Write the resolved config as YAML (atomically: :func:`varnet_ds.files.atomic_write_text`)."""
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:

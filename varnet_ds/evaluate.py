@@ -27,12 +27,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from varnet_ds.data.datasets import MASK_TYPES
+from varnet_ds.config import FASTMRI_SIZES, MASK_TYPES, PRECISIONS, SIZE_KEYS
 from varnet_ds.data.fastmri_file import DataError
 from varnet_ds.eval.export import DEFAULT_ACCELERATION, evaluate_folder, format_summary
 from varnet_ds.exits import EXIT_BAD_DATA, EXIT_USAGE
-from varnet_ds.model.varnet import PRECISIONS
-from varnet_ds.model.weights import FASTMRI_SIZES, SIZE_KEYS, load_model, model_sizes
+from varnet_ds.model.weights import load_model, model_sizes
 
 
 def build_parser() -> argparse.ArgumentParser:

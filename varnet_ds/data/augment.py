@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import fastmri
 import torch
 from fastmri.data.transforms import center_crop
 
-from varnet_ds.config import AugConfig
+from varnet_ds.config import AUG_SCHEDULES, AUG_WEIGHT_NAMES, AugConfig
 from varnet_ds.data.augment_ops import AugParams, transform_image
 
-__all__ = ["AugParams", "AugmentSchedule", "MRAugment"]
+__all__ = ["AugmentSchedule", "MRAugment"]
 
-SCHEDULES = ("constant", "ramp", "exp")
-_WEIGHT_NAMES = ("fliph", "flipv", "rot90", "translation", "rotation", "shearing", "scaling")
 _NUM_DRAWS = 16  # 7 fire draws + k, t_x, t_y, rotation, shear_x, shear_y, scale_x, scale_y, spare
 
 
@@ -45,8 +43,8 @@ class AugmentSchedule:
     """
 
     def __init__(self, kind: str, p_max: float, delay: int, total_epochs: int, exp_decay: float = 5.0):
-        if kind not in SCHEDULES:
-            raise ValueError(f"aug.schedule = {kind!r}: must be one of {list(SCHEDULES)}")
+        if kind not in AUG_SCHEDULES:
+            raise ValueError(f"aug.schedule = {kind!r}: must be one of {list(AUG_SCHEDULES)}")
         if not (isinstance(p_max, numbers.Real) and 0.0 <= p_max <= 1.0):
             raise ValueError(f"aug.p_max = {p_max!r}: must be a number in [0, 1]")
         if isinstance(delay, bool) or not isinstance(delay, numbers.Integral) or delay < 0:
@@ -97,7 +95,7 @@ def _check_aug_config(cfg: Any) -> None:
         value = getattr(cfg, key)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value < upper):
             raise ValueError(f"aug.{key} = {value!r}: must be a finite number in [0, {upper})")
-    for name in _WEIGHT_NAMES:
+    for name in AUG_WEIGHT_NAMES:
         value = getattr(cfg.weights, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"aug.weights.{name} = {value!r}: must be a finite number >= 0")
@@ -123,19 +121,17 @@ def _check_target_size(target_size: Sequence[int]) -> Tuple[int, int]:
     return h, w
 
 
-def _as_complex(kspace: Any, batched: bool) -> Tuple[torch.Tensor, bool]:
+def _as_complex(kspace: Any) -> Tuple[torch.Tensor, bool]:
     """Complex view of ``kspace`` and whether it came as the real ``[..., 2]`` view."""
-    dims = "[batch, coils, H, W]" if batched else "[coils, H, W]"
-    ndim = 4 if batched else 3
     if not isinstance(kspace, torch.Tensor):
-        raise TypeError(f"kspace must be a torch.Tensor {dims} (complex) or {dims[:-1]}, 2] (real view), "
+        raise TypeError("kspace must be a torch.Tensor [coils, H, W] (complex) or [coils, H, W, 2] (real view), "
                         f"got {type(kspace).__name__}")
-    if kspace.is_complex() and kspace.ndim == ndim:
+    if kspace.is_complex() and kspace.ndim == 3:
         out, real_view = kspace, False
-    elif kspace.is_floating_point() and kspace.ndim == ndim + 1 and kspace.shape[-1] == 2:
+    elif kspace.is_floating_point() and kspace.ndim == 4 and kspace.shape[-1] == 2:
         out, real_view = torch.view_as_complex(kspace.contiguous()), True
     else:
-        raise ValueError(f"kspace must be complex {dims} or real {dims[:-1]}, 2]; "
+        raise ValueError("kspace must be complex [coils, H, W] or real [coils, H, W, 2]; "
                          f"got shape {tuple(kspace.shape)} dtype {kspace.dtype}")
     if out.shape[-2] < 2 or out.shape[-1] < 2:
         raise ValueError(f"kspace spatial size must be at least 2x2, got {tuple(out.shape[-2:])}")
@@ -158,18 +154,16 @@ class MRAugment:
 
     Attributes:
         last_params: the :class:`AugParams` of the last :meth:`augment` call.
-        last_batch_params: the list of :class:`AugParams` of the last :meth:`augment_batch` call.
     """
 
     def __init__(self, cfg: Optional[Any] = None):
         cfg = AugConfig() if cfg is None else cfg
         _check_aug_config(cfg)
         self.cfg = cfg
-        self.weights = {name: float(getattr(cfg.weights, name)) for name in _WEIGHT_NAMES}
+        self.weights = {name: float(getattr(cfg.weights, name)) for name in AUG_WEIGHT_NAMES}
         self.upsample_factor = int(cfg.upsample_factor) if cfg.upsample else 1
         self.anisotropic_scaling = bool(getattr(cfg, "anisotropic_scaling", False))
         self.last_params: Optional[AugParams] = None
-        self.last_batch_params: List[AugParams] = []
 
     def sample_params(self, p: float, generator: Optional[torch.Generator], shape: Tuple[int, int]) -> AugParams:
         """Draw one slice's transform (16 uniforms per call, so the random stream is layout-stable).
@@ -185,7 +179,7 @@ class MRAugment:
         _check_generator(generator)
         device = generator.device if generator is not None else "cpu"
         u = torch.rand(_NUM_DRAWS, generator=generator, dtype=torch.float64, device=device).tolist()
-        fire = {name: u[i] < self.weights[name] * p for i, name in enumerate(_WEIGHT_NAMES)}
+        fire = {name: u[i] < self.weights[name] * p for i, name in enumerate(AUG_WEIGHT_NAMES)}
         cfg = self.cfg
 
         def sym(x: float, limit: float) -> float:  # U(-limit, limit) from U(0, 1)
@@ -224,7 +218,7 @@ class MRAugment:
             ``(kspace_aug, target)``: k-space in the input's format and shape; float32 target
             ``[min(H, h), min(W, w)] = center_crop(rss_complex(ifft2c(kspace_aug)))``.
         """
-        kc, real_view = _as_complex(kspace, batched=False)
+        kc, real_view = _as_complex(kspace)
         size = _check_target_size(target_size)
         images = torch.view_as_complex(fastmri.ifft2c(torch.view_as_real(kc)))
         if params.is_identity:
@@ -236,40 +230,11 @@ class MRAugment:
     def augment(self, kspace: torch.Tensor, target_size: Sequence[int], p: float,
                 generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Draw and apply one transform (see :meth:`apply`); ``p == 0`` returns ``kspace`` unchanged."""
-        kc, _ = _as_complex(kspace, batched=False)
+        kc, _ = _as_complex(kspace)
         _check_generator(generator, kc.device)
         params = self.sample_params(p, generator, kc.shape[-2:])
         self.last_params = params
         return self.apply(kspace, params, target_size)
-
-    def augment_batch(self, kspace: torch.Tensor, target_size: Sequence[int], p: float,
-                      generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Batched :meth:`augment` (one independent draw per slice, FFTs batched; the GPU path).
-
-        Args:
-            kspace: ``[B, coils, H, W]`` complex or ``[B, coils, H, W, 2]`` real view.
-            target_size: ``(h, w)``, the same for the batch.
-            p: strength; generator: as in :meth:`sample_params`.
-
-        Returns:
-            ``(kspace_aug, target)`` with ``target`` float32 ``[B, min(H, h), min(W, w)]``; slices whose draw is
-            the identity keep their input k-space values exactly.
-        """
-        kc, real_view = _as_complex(kspace, batched=True)
-        size = _check_target_size(target_size)
-        _check_generator(generator, kc.device)
-        params = [self.sample_params(p, generator, kc.shape[-2:]) for _ in range(kc.shape[0])]
-        self.last_batch_params = params
-        images = torch.view_as_complex(fastmri.ifft2c(torch.view_as_real(kc)))
-        changed = [i for i, prm in enumerate(params) if not prm.is_identity]
-        if not changed:
-            return kspace, self._target(images, size)
-        images = torch.stack([self.transform_images(images[i], prm) if i in changed else images[i]
-                              for i, prm in enumerate(params)])
-        out = torch.view_as_complex(fastmri.fft2c(torch.view_as_real(images)))
-        keep = torch.tensor([i not in changed for i in range(len(params))], device=kc.device)
-        out = torch.where(keep[:, None, None, None], kc, out)
-        return (torch.view_as_real(out) if real_view else out), self._target(images, size)
 
     @staticmethod
     def _target(images: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -1,24 +1,21 @@
-"""fastMRI multicoil slice datasets, sampling masks, the VarNet sample transform and seeded loaders.
+"""fastMRI multicoil slice datasets, sampling masks and the VarNet sample transform.
 
 Wraps ``fastmri.data.SliceDataset`` (one sample = one slice), ``create_mask_for_mask_type`` and
-``VarNetDataTransform``; adds MRAugment (augment the fully sampled k-space, then mask), deterministic
-subsampling shared by every rank, and per-(run seed, epoch, rank, worker) seeding of every RNG involved.
+``VarNetDataTransform``; adds MRAugment (augment the fully sampled k-space, then mask) and deterministic
+subsampling shared by every rank. Samplers and seeded loaders: :mod:`varnet_ds.data.samplers`; the trainer's
+resumable training data: :mod:`varnet_ds.data.loader`.
 
 Typical use::
 
     train_ds = build_train_dataset(cfg, augmentor, schedule)
-    sampler = build_train_sampler(train_ds, world_size, rank, cfg.run.seed)
-    loader = build_loader(train_ds, sampler, cfg.data.num_workers, cfg.run.seed, rank, epoch=0)
-    for epoch in ...:
-        set_loader_epoch(loader, epoch)   # sampler order, augmentation strength p and worker seeds
-        for batch in loader: ...          # batch: VarNetSample with a leading batch dim of 1
+    val_ds = build_eval_dataset(cfg.data.val_path, cfg.eval.knee_mask_type, 0.08, 4)
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as etree
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,25 +23,14 @@ from fastmri.data import SliceDataset
 from fastmri.data import transforms as T
 from fastmri.data.subsample import MaskFunc, create_mask_for_mask_type
 
+from varnet_ds.config import MASK_TYPES
 from varnet_ds.data.device_augment import FullySampledSample
 from varnet_ds.data.fastmri_file import DataError, list_h5_files
-from varnet_ds.data.samplers import (
-    DistributedVolumeSampler,
-    build_loader,
-    build_train_sampler,
-    seed_worker,
-    set_loader_epoch,
-    worker_seed,
-)
 
-__all__ = [
-    "MASK_TYPES", "VarNetTransform", "FolderSliceDataset", "DistributedVolumeSampler", "build_mask_func",
-    "build_train_sampler", "worker_seed", "seed_worker", "make_slice_dataset", "volume_table", "build_loader",
-    "set_loader_epoch", "build_train_dataset", "build_eval_dataset", "eval_settings",
-]
+# Only for varnet_ds/eval/validate.py, which still imports these two from here; drop once it imports them from
+# varnet_ds.data.samplers.
 
 PathLike = Union[str, Path]
-MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
 
 
 def build_mask_func(
@@ -53,7 +39,7 @@ def build_mask_func(
     """A fastMRI column mask function; one (center fraction, acceleration) pair is drawn per call.
 
     Args:
-        mask_type: One of :data:`MASK_TYPES`.
+        mask_type: One of :data:`varnet_ds.config.MASK_TYPES`.
         center_fractions: Fraction of fully sampled center columns per pair, in (0, 1).
         accelerations: Acceleration per pair (> 0); same length as ``center_fractions``.
         seed: Seed of the function's ``np.random.RandomState`` (None: fresh entropy).
@@ -382,8 +368,3 @@ def build_eval_dataset(
         max_volumes=max_volumes,
         skip_files=skip_files,
     )
-
-
-def eval_settings(cfg: Any) -> Tuple[Tuple[float, int], ...]:
-    """The (center fraction, acceleration) pairs of ``cfg.eval``."""
-    return tuple(zip((float(c) for c in cfg.eval.center_fractions), (int(a) for a in cfg.eval.accelerations)))

@@ -1,7 +1,7 @@
 """Which slices each rank and worker gets, and how workers are seeded.
 
-Training uses torch's ``DistributedSampler`` (a shuffled shard of the slices per rank); evaluation uses
-:class:`DistributedVolumeSampler` (whole volumes per rank). :func:`build_loader` makes a DataLoader whose
+Training splits one global sample order per epoch across the ranks (:mod:`varnet_ds.data.loader`); evaluation
+uses :class:`DistributedVolumeSampler` (whole volumes per rank). :func:`build_loader` makes a DataLoader whose
 non-persistent workers seed every RNG from (run seed, epoch, rank, worker id).
 
 Validation metrics (SSIM, PSNR, NMSE) are per volume, so every slice of a volume must be reconstructed on the
@@ -18,22 +18,9 @@ from typing import Any, Dict, Iterator, List, Optional, Set
 import torch
 import torch.distributed as dist
 from fastmri.data import VolumeSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from varnet_ds.seeding import seed_globals, worker_seed
-
-
-def build_train_sampler(dataset: Dataset, num_replicas: int, rank: int, seed: int) -> DistributedSampler:
-    """Training sampler: a disjoint shuffled shard of the slices per rank (call ``set_epoch`` every epoch).
-
-    Args:
-        dataset: The training dataset.
-        num_replicas: World size.
-        rank: This process's rank.
-        seed: ``run.seed``; identical on every rank so the shards partition one permutation.
-    """
-    return DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
-                              drop_last=False)
 
 
 class DistributedVolumeSampler(VolumeSampler):

@@ -218,13 +218,6 @@ class VolumeAccumulator:
             results.append(VolumeResult(name, acquisition, accel, len(order), m["ssim"], m["psnr"], m["nmse"]))
         return results
 
-    def reset(self) -> None:
-        """Drop all slices (start of the next evaluation)."""
-        self._slices.clear()
-        self._meta.clear()
-        self.num_duplicates = 0
-        self.num_not_owned = 0
-
 
 def gather(results: Sequence[VolumeResult]) -> List[VolumeResult]:
     """All ranks' results on every rank, de-duplicated by ``(fname, acceleration)`` and sorted.

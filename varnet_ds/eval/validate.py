@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from fastmri.data.transforms import center_crop, complex_center_crop
 
-from varnet_ds.data.datasets import DistributedVolumeSampler, build_eval_dataset, build_loader, volume_table
+from varnet_ds.data.datasets import build_eval_dataset, volume_table
+from varnet_ds.data.samplers import DistributedVolumeSampler, build_loader
 from varnet_ds.distributed import DistInfo
 from varnet_ds.eval.metrics import VolumeAccumulator, VolumeResult, gather, summarize
 from varnet_ds.model.step import crop_pair, model_inputs

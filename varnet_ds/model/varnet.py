@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from fastmri.models import VarNet
@@ -46,11 +46,10 @@ from fastmri.models.varnet import NormUnet
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from varnet_ds.config import CHECKPOINTING, PRECISIONS, SIZE_KEYS, ModelConfig
 from varnet_ds.model.compiled import compiled_norm_unet
 
-CHECKPOINTING = ("none", "cascades", "all", "selective", "selective_all")
 SENS_CHECKPOINTED = ("all", "selective_all")  # policies that checkpoint the sensitivity network
-PRECISIONS = ("fp32", "bf16")
 CONVOLUTION = torch.ops.aten.convolution.default  # conv2d and conv_transpose2d below autograd
 
 
@@ -225,19 +224,40 @@ def _rss_image(kspace: torch.Tensor) -> torch.Tensor:
     return fastmri.rss(fastmri.complex_abs(fastmri.ifft2c(kspace.float())), dim=1)
 
 
-def build_model(model_cfg, precision: str = "fp32") -> VarNetDS:
-    """Build :class:`VarNetDS` from the ``model`` config section (see ``varnet_ds.config.ModelConfig``)."""
-    return VarNetDS(
-        num_cascades=model_cfg.num_cascades,
-        sens_chans=model_cfg.sens_chans,
-        sens_pools=model_cfg.sens_pools,
-        chans=model_cfg.chans,
-        pools=model_cfg.pools,
-        checkpointing=model_cfg.checkpointing,
-        precision=precision,
-        sens_chunk=getattr(model_cfg, "sens_chunk", 0),
-        compile_unets=bool(getattr(model_cfg, "compile", False)),
-    )
+OPTION_KEYS = ("checkpointing", "sens_chunk", "compile")  # ModelConfig fields besides the sizes
+
+
+def build_model(sizes_or_model_cfg: Any, precision: str = "fp32", *, checkpointing: Optional[str] = None,
+                sens_chunk: Optional[int] = None, compile: Optional[bool] = None) -> VarNetDS:
+    """Build :class:`VarNetDS` from model sizes: the one place a ``VarNetDS`` is constructed outside tests.
+
+    Args:
+        sizes_or_model_cfg: the ``model`` config section (``ModelConfig``, its ``DictConfig``) or a mapping with
+            the :data:`~varnet_ds.config.SIZE_KEYS` and optionally ``checkpointing``, ``sens_chunk``, ``compile``.
+        precision: ``fp32`` | ``bf16`` (``train.precision``).
+        checkpointing: overrides the section's ``checkpointing`` (absent there: ``ModelConfig``'s default).
+        sens_chunk: overrides the section's ``sens_chunk`` (absent there: 0, all coils at once).
+        compile: overrides the section's ``compile`` (absent there: False).
+
+    Raises:
+        ValueError: a size is missing or a key is unknown (both named), or an invalid option value.
+    """
+    src = sizes_or_model_cfg
+    if isinstance(src, Mapping):
+        unknown = sorted(set(src) - set(SIZE_KEYS) - set(OPTION_KEYS))
+        if unknown:
+            raise ValueError(f"unknown model keys {unknown}; expected {list(SIZE_KEYS + OPTION_KEYS)}")
+        get = src.get
+    else:
+        def get(key: str) -> Any:
+            return getattr(src, key, None)
+    missing = [f"model.{k}" for k in SIZE_KEYS if get(k) is None]
+    if missing:
+        raise ValueError(f"model config lacks {missing}")
+    chosen, defaults = dict(checkpointing=checkpointing, sens_chunk=sens_chunk, compile=compile), ModelConfig()
+    opt = {k: next(v for v in (chosen[k], get(k), getattr(defaults, k)) if v is not None) for k in OPTION_KEYS}
+    return VarNetDS(**{k: int(get(k)) for k in SIZE_KEYS}, checkpointing=str(opt["checkpointing"]),
+                    precision=precision, sens_chunk=int(opt["sens_chunk"]), compile_unets=bool(opt["compile"]))
 
 
 def count_parameters(model: nn.Module) -> int:

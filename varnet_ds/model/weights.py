@@ -11,13 +11,11 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from varnet_ds.config import ModelConfig, load_config
-from varnet_ds.model.varnet import VarNetDS
+from varnet_ds.config import FASTMRI_SIZES, SIZE_KEYS, load_config
+from varnet_ds.model.varnet import VarNetDS, build_model
 from varnet_ds.system import resolve_device
 
 PathLike = Union[str, Path]
-SIZE_KEYS = ("num_cascades", "chans", "pools", "sens_chans", "sens_pools")
-FASTMRI_SIZES = {k: getattr(ModelConfig(), k) for k in SIZE_KEYS}  # 12, 18, 4, 8, 4 as fastMRI's VarNet
 WEIGHTS_FILE = "model_fp32.pt"
 ZERO_TO_FP32_FILE = "pytorch_model.bin"  # what DeepSpeed's zero_to_fp32.py writes into its output folder
 
@@ -153,7 +151,7 @@ def load_model(
     unknown = sorted(set(resolved) - set(SIZE_KEYS))
     if unknown:
         raise ValueError(f"unknown model size keys {unknown}; expected {list(SIZE_KEYS)}")
-    model = VarNetDS(**resolved, checkpointing="none", precision=precision)
+    model = build_model(resolved, precision, checkpointing="none")
     check_state_dict(state, model, path)
     model.load_state_dict(state, strict=True)
     model.source_checkpoint = str(path)

@@ -18,7 +18,7 @@ from fastmri.models import VarNet
 from varnet_ds.config import AugConfig
 from varnet_ds.data.augment import MRAugment
 from varnet_ds.model.step import ssim_loss
-from varnet_ds.model.varnet import VarNetDS
+from varnet_ds.model.varnet import VarNetDS, build_model
 from varnet_ds.profiling.memtrack import measure_step
 from varnet_ds.profiling.planner import make_batch, time_steps, train_step_fn
 from varnet_ds.system import GIB, release_memory
@@ -108,8 +108,7 @@ def bench_reference(model_kw: dict, batch, device: torch.device, steps: int, nam
 def _our_model(model_kw: dict, checkpointing: str, precision: str, sens_chunk: int, compiled: bool) -> VarNetDS:
     torch.manual_seed(0)
     weights = VarNet(**model_kw).state_dict()  # the reference's initial weights (same seed)
-    model = VarNetDS(**model_kw, checkpointing=checkpointing, precision=precision, sens_chunk=sens_chunk,
-                     compile_unets=compiled)
+    model = build_model(model_kw, precision, checkpointing=checkpointing, sens_chunk=sens_chunk, compile=compiled)
     model.load_state_dict(weights)
     return model
 

@@ -92,12 +92,6 @@ class LiveTensorMemory(TorchDispatchMode):
             self.peak_bytes = self.current_bytes
             self.peak_op = name
 
-    def reset_peak(self) -> None:
-        """Start a new peak from the bytes alive now (like ``torch.cuda.reset_peak_memory_stats``)."""
-        self._sweep()
-        self.peak_bytes = self.current_bytes
-        self.peak_op = "reset"
-
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
         self._sweep()  # frees between ops happened before this op started
         out = func(*args, **(kwargs or {}))

@@ -31,17 +31,17 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
+from varnet_ds.config import CHECKPOINTING, PRECISIONS
 from varnet_ds.model.step import loss_of, ssim_loss
-from varnet_ds.model.varnet import CHECKPOINTING, PRECISIONS, SENS_CHECKPOINTED, VarNetDS, count_parameters
+from varnet_ds.model.varnet import SENS_CHECKPOINTED, build_model, count_parameters
 from varnet_ds.system import GIB, release_memory
 
 PathLike = Union[str, Path]
 Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-MODEL_KEYS = ("num_cascades", "chans", "pools", "sens_chans", "sens_pools")
 DS_DEFAULT_BUCKET = 500_000_000  # DeepSpeed's reduce_bucket_size default (elements)
 
 
@@ -165,32 +165,20 @@ def time_steps(step: Callable[[], float], device: torch.device, steps: int) -> T
     return times, loss
 
 
-def model_kwargs(model_cfg: Any) -> Dict[str, int]:
-    """VarNetDS size arguments from a ``model`` config section (dataclass, DictConfig or mapping).
-
-    ``model.compile: true`` adds ``compile_unets=True``: the profile then measures the compiled U-Nets.
-    """
-    get = model_cfg.get if isinstance(model_cfg, Mapping) else lambda k: getattr(model_cfg, k, None)
-    kw = {k: get(k) for k in MODEL_KEYS}
-    missing = [k for k, v in kw.items() if v is None]
-    if missing:
-        raise ValueError(f"model config lacks {['model.' + k for k in missing]}")
-    kw = {k: int(v) for k, v in kw.items()}
-    if get("compile"):
-        kw["compile_unets"] = True
-    return kw
-
-
-def run_policy(model_kw: Mapping[str, int], policy: Policy, batch: Batch, device: torch.device,
+def run_policy(model_cfg: Any, policy: Policy, batch: Batch, device: torch.device,
                steps: int) -> Tuple[float, float]:
     """Train a fresh :class:`VarNetDS` under ``policy`` with plain Adam: one warm-up step + ``steps`` timed ones.
+
+    Args:
+        model_cfg: the ``model`` config section or a mapping of the sizes (:func:`varnet_ds.model.varnet.build_model`);
+            ``model.compile: true`` profiles the compiled U-Nets; ``policy`` sets the rest.
 
     Returns:
         ``(median step seconds after warm-up, last loss)``.
     """
     torch.manual_seed(0)
-    model = VarNetDS(**model_kw, checkpointing=policy.checkpointing, precision=policy.precision,
-                     sens_chunk=policy.sens_chunk).to(device).train()
+    model = build_model(model_cfg, policy.precision, checkpointing=policy.checkpointing,
+                        sens_chunk=policy.sens_chunk).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
     def opt_step() -> None:
@@ -250,7 +238,8 @@ def profile_policies(model_cfg: Any, shape: Tuple[int, int, int], device: Union[
     """Profile each policy for ``steps`` training steps (plus one warm-up) on a CUDA device.
 
     Args:
-        model_cfg: the ``model`` config section (sizes; its ``checkpointing`` is ignored).
+        model_cfg: the ``model`` config section or a mapping of the sizes (its ``checkpointing`` and ``sens_chunk``
+            are ignored: each policy sets them; ``compile: true`` profiles the compiled U-Nets).
         shape: ``(coils, H, W)`` k-space size to profile (see :func:`largest_shape`).
         device: a CUDA device.
         steps: timed steps per policy (>= 1).
@@ -273,8 +262,7 @@ def profile_policies(model_cfg: Any, shape: Tuple[int, int, int], device: Union[
         raise ValueError(f"steps = {steps}: must be >= 1")
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape = {shape}: must be (coils, H, W) with positive sizes")
-    model_kw = model_kwargs(model_cfg)
-    num_params = count_parameters(VarNetDS(**model_kw, checkpointing="none"))
+    num_params = count_parameters(build_model(model_cfg, checkpointing="none"))  # also checks the sizes
     extra_gib = deepspeed_extra_bytes(ds_config, num_params, world_size) / GIB
     results = []
     for policy in list(POLICIES if policies is None else policies):
@@ -283,7 +271,7 @@ def profile_policies(model_cfg: Any, shape: Tuple[int, int, int], device: Union[
         torch.cuda.reset_peak_memory_stats(device)
         try:
             batch = make_batch(*shape, device=device, batch_size=batch_size)
-            step_s, _ = run_policy(model_kw, policy, batch, device, steps)
+            step_s, _ = run_policy(model_cfg, policy, batch, device, steps)
             peak = (torch.cuda.max_memory_allocated(device) - base) / GIB + extra_gib
         except torch.cuda.OutOfMemoryError:
             step_s, peak = float("inf"), float("inf")

@@ -13,7 +13,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import List, Optional, Sequence
 import h5py
 import numpy as np
 
+from varnet_ds.files import atomic_path
 from varnet_ds.sim.fastmri_header import ismrmrd_header
 from varnet_ds.sim.simulate import (
     ACQUISITION_CONTRAST,
@@ -53,33 +53,27 @@ class WrittenVolume:
 
 
 def write_volume(spec: VolumeSpec, out_dir: Path, colin_path: Optional[str] = None) -> WrittenVolume:
-    """Simulate ``spec`` and write it to ``out_dir / spec.fname`` (atomically, via a ``.part`` file)."""
+    """Simulate ``spec`` and write it to ``out_dir / spec.fname`` (atomically: :func:`varnet_ds.files.atomic_path`)."""
     start = time.perf_counter()
     path = Path(out_dir) / spec.fname
-    tmp = path.with_name(path.name + ".part")
     s, (h, w), (rh, rw) = spec.num_slices, spec.shape, spec.recon_size
     vmax, sumsq = 0.0, 0.0
-    try:
-        with h5py.File(tmp, "w") as hf:
-            kspace = hf.create_dataset("kspace", shape=(s, spec.num_coils, h, w), dtype=np.complex64)
-            recon = hf.create_dataset("reconstruction_rss", shape=(s, rh, rw), dtype=np.float32)
-            for i, (k, target) in enumerate(simulate_volume(spec, colin_path)):
-                kspace[i] = k
-                recon[i] = target
-                vmax = max(vmax, float(target.max()))
-                sumsq += float(np.sum(target.astype(np.float64) ** 2))
-            hf.create_dataset("ismrmrd_header", data=np.bytes_(ismrmrd_header(spec)))
-            hf.attrs["acquisition"] = spec.acquisition
-            hf.attrs["max"] = vmax
-            hf.attrs["norm"] = float(np.sqrt(sumsq))
-            hf.attrs["patient_id"] = spec.patient_id
-            hf.attrs["simulator"] = SIMULATOR
-            hf.attrs["anatomy_source"] = anatomy_source(spec, colin_path)
-            hf.attrs["seed"] = spec.seed
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as hf:
+        kspace = hf.create_dataset("kspace", shape=(s, spec.num_coils, h, w), dtype=np.complex64)
+        recon = hf.create_dataset("reconstruction_rss", shape=(s, rh, rw), dtype=np.float32)
+        for i, (k, target) in enumerate(simulate_volume(spec, colin_path)):
+            kspace[i] = k
+            recon[i] = target
+            vmax = max(vmax, float(target.max()))
+            sumsq += float(np.sum(target.astype(np.float64) ** 2))
+        hf.create_dataset("ismrmrd_header", data=np.bytes_(ismrmrd_header(spec)))
+        hf.attrs["acquisition"] = spec.acquisition
+        hf.attrs["max"] = vmax
+        hf.attrs["norm"] = float(np.sqrt(sumsq))
+        hf.attrs["patient_id"] = spec.patient_id
+        hf.attrs["simulator"] = SIMULATOR
+        hf.attrs["anatomy_source"] = anatomy_source(spec, colin_path)
+        hf.attrs["seed"] = spec.seed
     return WrittenVolume(path, spec, time.perf_counter() - start)
 
 

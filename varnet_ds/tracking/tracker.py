@@ -41,8 +41,8 @@ from varnet_ds.tracking.wandb_run import (
     check_artifact_name,
     image_key,
     requested_wandb_mode,
+    resolve_wandb_mode,
     validate_group,
-    wandb_credentials,
     wandb_key,
 )
 
@@ -115,11 +115,7 @@ class Tracker:
         if not self.active:
             return
         self._metrics = MetricsFile(self.metrics_path)
-        mode, fallback = requested or "online", None
-        if mode == "online":
-            found, host = wandb_credentials()
-            if not found:
-                mode, fallback = "offline", f"no API key for {host} (run `wandb login` or set WANDB_API_KEY)"
+        mode, fallback = resolve_wandb_mode(requested)
         if mode != "disabled":
             wb = WandbRun(cfg, self.run_dir, mode, resume_id, fallback)
             if wb.run is not None:
@@ -138,11 +134,6 @@ class Tracker:
     def wandb_id(self) -> Optional[str]:
         """Id of the W&B run (store it in the checkpoint); the resume id when W&B is off or failed."""
         return self._wb.run.id if self._wb is not None else self._resume_id
-
-    @property
-    def wandb_dir(self) -> Optional[Path]:
-        """The W&B run's local folder (``run_dir/wandb/{offline,run}-<time>-<id>``), if a run exists."""
-        return self._wb.dir if self._wb is not None else None
 
     def log(self, row: Mapping[str, Any]) -> None:
         """Append one row to ``metrics.jsonl`` and log it to W&B.

@@ -25,12 +25,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from varnet_ds.config import to_dict
+from varnet_ds.config import WANDB_MODES, to_dict
 from varnet_ds.tracking.metrics_file import SPLITS
 
 STEP_KEY = "trainer/step"
 EPOCH_KEY = "trainer/epoch"
-WANDB_MODES = ("online", "offline", "disabled")
 MAX_METRICS = ("ssim", "psnr")  # higher is better: summary <key>_max
 MIN_METRICS = ("nmse", "loss")  # lower is better: summary <key>_min
 IMAGE_PANELS = ("zero_filled", "reconstruction", "target", "error")  # varnet_ds.eval.validate panels
@@ -107,11 +106,6 @@ def wandb_credentials() -> Tuple[bool, str]:
     return auth is not None and auth.host.is_same_url(wbauth.HostUrl(host)), host
 
 
-def has_wandb_credentials() -> bool:
-    """Whether wandb would log in without prompting (see :func:`wandb_credentials`)."""
-    return wandb_credentials()[0]
-
-
 def requested_wandb_mode(mode: Optional[str] = None) -> Optional[str]:
     """The mode asked for explicitly (config, then ``WANDB_MODE`` / ``WANDB_DISABLED``); ``None`` = automatic."""
     if mode is not None:
@@ -129,19 +123,23 @@ def requested_wandb_mode(mode: Optional[str] = None) -> Optional[str]:
     return None
 
 
-def resolve_wandb_mode(mode: Optional[str] = None) -> str:
-    """The W&B mode to use: ``mode`` if given, else env ``WANDB_MODE``, else online iff credentials exist.
+def resolve_wandb_mode(mode: Optional[str] = None) -> Tuple[str, Optional[str]]:
+    """The W&B mode to start in: ``mode`` if given, else the environment (:func:`requested_wandb_mode`), else
+    ``online``; ``online`` falls back to ``offline`` when wandb finds no credentials for its server.
 
     Args:
         mode: ``online | offline | disabled`` or ``None`` (auto).
 
     Returns:
-        One of ``online``, ``offline``, ``disabled`` (``dryrun`` in the environment means offline).
+        ``(mode, fallback)``: one of ``online``, ``offline``, ``disabled`` (``dryrun`` in the environment means
+        offline), and why online fell back to offline (``None`` when it did not).
     """
-    requested = requested_wandb_mode(mode)
-    if requested is not None:
-        return requested
-    return "online" if has_wandb_credentials() else "offline"
+    mode = requested_wandb_mode(mode) or "online"
+    if mode == "online":
+        found, host = wandb_credentials()
+        if not found:
+            return "offline", f"no API key for {host} (run `wandb login` or set WANDB_API_KEY)"
+    return mode, None
 
 
 def run_identity(cfg: DictConfig) -> Dict[str, Any]:
