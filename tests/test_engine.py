@@ -5,17 +5,22 @@ so they are marked slow; ``make test`` runs them.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from trainrun import common, ok, run_deepspeed, run_single, train_rows
+from trainrun import common, free_port, ok, run_deepspeed, run_single, train_rows
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_rank_zero2_matches_one_rank(one_rank, synth_dirs, tmp_path):
-    proc = run_deepspeed(common(synth_dirs, tmp_path, "train.grad_accum=1", "train.max_steps=4"))
+    port = free_port()
+    proc = run_deepspeed(common(synth_dirs, tmp_path, "train.grad_accum=1", "train.max_steps=4"), port=port)
     ok(proc)
+    # DeepSpeed's CPU all-reduce buffers (/dev/shm, ~69 MB per rank) are unlinked, not left behind
+    leftover = [p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")]
+    assert not leftover, leftover
     a, b = train_rows(one_rank), train_rows(tmp_path)
     assert [r["step"] for r in a] == [1, 2, 3, 4] == [r["step"] for r in b]
     for ra, rb in zip(a, b):

@@ -1,0 +1,16 @@
+"""varnet_ds: a memory-optimized DeepSpeed ZeRO-2 trainer for fastMRI's End-to-End VarNet (knee -> brain transfer,
+MRAugment, W&B).
+
+Layers (imports only go down; ``tests/test_layers.py``):
+
+- L0 leaves: ``config`` (schema, choices, rerun guard), ``files`` (atomic writes), ``seeding``, ``distributed``
+  (process group, device, collectives), ``system`` (versions, memory), ``console``, ``exits``.
+- L1: ``model/`` (VarNetDS, build_model, weights, the forward+loss step), ``data/`` (the real fastMRI pipeline),
+  ``sim/`` (the simulator; ``data/`` never imports it).
+- L2: ``eval/`` (metrics, Validator, selection, export), ``tracking/`` (metrics.jsonl, W&B, Tracker),
+  ``profiling/`` (planner, benchmark, memory and comms estimates).
+- L3: ``trainer/`` (build, loop, state, checkpoint, elastic), ``studies/`` (packing study runs).
+- L4 entry points: ``train.py``, ``evaluate.py``, ``bench.py``, ``demo.py``, ``study.py``, ``study_bench.py``.
+
+Package ``__init__`` files hold a docstring only: import names from the module that defines them.
+"""

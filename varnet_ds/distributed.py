@@ -65,6 +65,24 @@ def cuda_device_index(local_rank: int, device_count: int) -> int:
     return local_rank
 
 
+def shm_buffer_path(rank: int) -> Path:
+    """The /dev/shm file of DeepSpeed's CPU shared-memory all-reduce for ``rank`` of this job (one per rank, ~69 MB)."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def _unlink_shm_buffer() -> None:
+    """DeepSpeed maps one shared-memory file per rank when all ranks of a CPU job share a machine and never unlinks
+    it, so every run used to leave ~69 MB per rank in /dev/shm (RAM). Once every rank has mapped all of them (the
+    barrier after init), each rank unlinks its own name: the memory stays mapped until the processes exit and
+    nothing is left behind, even after ``kill -9``."""
+    world = torch.distributed.get_world_size()
+    if world < 2 or os.environ.get("LOCAL_SIZE") != str(world):  # same on every rank: DeepSpeed's own condition
+        return
+    torch.distributed.barrier()
+    shm_buffer_path(torch.distributed.get_rank()).unlink(missing_ok=True)
+
+
 def init_distributed() -> DistInfo:
     """Initialise ``torch.distributed`` through DeepSpeed (NCCL on CUDA, gloo on CPU).
 
@@ -104,6 +122,8 @@ def init_distributed() -> DistInfo:
                     "(or set MASTER_PORT) to a free port"
                 ) from err
             raise
+    if backend == "gloo":
+        _unlink_shm_buffer()
     return DistInfo(
         rank=torch.distributed.get_rank(),
         world_size=torch.distributed.get_world_size(),
