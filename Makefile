@@ -31,7 +31,7 @@ results: install
 
 test: install
 	$(VPY) -m ruff check varnet_ds tests analysis
-	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -n 2 tests
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -n 2 --dist loadscope tests
 
 bench: install
 	$(VPY) -m varnet_ds.bench

@@ -1,17 +1,13 @@
 """Tests of analysis/compare.py: the knee->brain comparison report built from two synthetic run folders.
 
-The run folders are written with the trainer's own writers (``varnet_ds.config.save_config`` and
-``varnet_ds.tracking.tracker.Tracker`` with W&B disabled), so the report is tested against the real file format.
-Run A ("baseline"): 3 epochs, knee and brain evaluations, both per-volume tables. Run B ("mraugment"): 2 epochs,
-aug_p > 0, no knee evaluations or knee table (missing split), a preemption/resume, a duplicated train row, an
-extra unmatched brain volume, a different eval setting and a torn last line -- all of which must be flagged.
+The run folders come from ``tests/compare_runs.py`` (the trainer's own writers). W&B history and the HTML
+rendering: ``tests/test_compare_sources.py``.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-import json
 import os
 import re
 import shutil
@@ -25,136 +21,36 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from varnet_ds.config import load_config, save_config
-from varnet_ds.tracking.tracker import Tracker
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # analysis/ is a top-level folder of the repo, not an installed package
     sys.path.insert(0, str(REPO))
 
-from analysis.compare import build_report, build_report_from_runs, main  # noqa: E402
+from compare_runs import (  # noqa: E402
+    BRAIN_SSIM,
+    BRAIN_SSIM_DIFF,
+    BRAIN_VOLS,
+    FIGURES,
+    TABLES,
+    make_report,
+    make_runs,
+    read_jsonl,
+)
+
+from analysis.compare import build_report, main  # noqa: E402
 from analysis.runs import load_run  # noqa: E402
 from analysis.stats import bootstrap_mean_ci  # noqa: E402
-from analysis.wandb_source import load_wandb_runs  # noqa: E402
-
-STEPS_PER_EPOCH = 4
-KNEE_SSIM = {"baseline": [0.70, 0.75, 0.78]}
-BRAIN_SSIM = {"baseline": [0.60, 0.64, 0.62], "mraugment": [0.63, 0.66]}  # baseline's best brain SSIM is not final
-ACC_OFFSET = {4: 0.031, 8: -0.029}
-ACQ_OFFSET = {"AXT1": -0.012, "AXT2": 0.008, "CORPD_FBK": 0.0}
-BRAIN_VOLS = [("file_brain_AXT1_0.h5", "AXT1"), ("file_brain_AXT2_1.h5", "AXT2"), ("file_brain_AXT2_2.h5", "AXT2")]
-KNEE_VOLS = [("file_knee_0.h5", "CORPD_FBK"), ("file_knee_1.h5", "CORPD_FBK")]
-# mraugment - baseline brain SSIM per matched (volume, acceleration), volume-major: 4 wins, 1 loss, 1 tie
-BRAIN_SSIM_DIFF = [0.02, 0.035, -0.01, 0.015, 0.04, 0.0]
-FIGURES = ["train_loss.png", "aug_p.png", "val_ssim.png", "val_psnr.png", "gap.png", "paired_brain.png",
-           "recon_panels.png"]
-TABLES = ["transfer_table.csv", "transfer_diff.csv", "paired_comparison.csv", "paired_volumes.csv"]
-
-
-def _metrics(ssim: float) -> Dict[str, float]:
-    return {"ssim": ssim, "psnr": 20.0 + 12.345 * ssim, "nmse": 0.31 - 0.29 * ssim}
-
-
-def _log_eval(tracker: Tracker, split: str, step: int, epoch: int, ssim: float, acquisitions: List[str]) -> None:
-    """Overall, per-acceleration, per-acquisition and per-both rows as varnet_ds.eval.metrics.summarize shapes them."""
-    keys = [(None, None)] + [(None, a) for a in ACC_OFFSET] + [(q, None) for q in acquisitions]
-    keys += [(q, a) for q in acquisitions for a in ACC_OFFSET]
-    for acq, acc in keys:
-        value = ssim + (ACC_OFFSET[acc] if acc else 0.0) + (ACQ_OFFSET[acq] if acq else 0.0)
-        row = {"step": step, "epoch": epoch, "split": split, **_metrics(value), "ssim_2std": 0.05,
-               "psnr_2std": 0.5, "nmse_2std": 0.01, "num_volumes": 6 if acc is None else 3}
-        if acq is not None:
-            row["acquisition"] = acq
-        if acc is not None:
-            row["acceleration"] = acc
-        tracker.log(row)
-
-
-def _volume_table(tracker: Tracker, split: str, vols, ssim_of) -> None:
-    rows = []
-    for acc in ACC_OFFSET:
-        for fname, acq in vols:
-            m = _metrics(ssim_of(fname, acc))
-            rows.append([fname, acq, acc, 3, m["ssim"], m["psnr"], m["nmse"]])
-    tracker.log_table(f"{split}_per_volume", ["fname", "acquisition", "acceleration", "num_slices", "ssim", "psnr",
-                                              "nmse"], rows)
-
-
-def _base_ssim(fname: str, acc: int) -> float:
-    return 0.5 + 0.03 * int(fname[-4]) + ACC_OFFSET[acc]
-
-
-def _paired_index(fname: str, acc: int) -> int:
-    return [f for f, _ in BRAIN_VOLS].index(fname) * 2 + list(ACC_OFFSET).index(acc)
-
-
-def _write_run(root: Path, name: str) -> Path:
-    run_dir = root / name
-    aug = name == "mraugment"
-    overrides = [f"run.name={name}", f"run.out_dir={run_dir}", f"aug.enabled={str(aug).lower()}",
-                 "log.wandb.mode=disabled", f"data.transfer_path={root / 'brain'}",
-                 f"eval.every_epochs={1 if aug else 2}"]  # a setting that differs between the runs: flagged
-    cfg = load_config("demo", overrides)
-    run_dir.mkdir(parents=True)
-    save_config(cfg, run_dir / "config.yaml")
-    epochs = len(BRAIN_SSIM[name])
-    rng = np.random.default_rng(len(name))
-    with Tracker(cfg, run_dir, rank=0) as tr:
-        tr.log({"step": 0, "epoch": 0, "split": "event", "event": "start"})
-        for step in range(1, epochs * STEPS_PER_EPOCH + 1):
-            epoch = (step - 1) // STEPS_PER_EPOCH
-            row = {"step": step, "epoch": epoch, "split": "train", "loss": 0.9 - 0.03 * step + 0.01 * (step % 2),
-                   "lr": 1e-3, "aug_p": 0.25 * (epoch + 1) if aug else 0.0, "samples_per_s": 5.0,
-                   "peak_mem_gib": 0.5}
-            if aug and step == 3:  # a stale copy of step 3 (e.g. logged before a crash): the later row must win
-                tr.log({**row, "loss": 9.9})
-            tr.log(row)
-            if aug and step == 5:
-                tr.log({"step": 5, "epoch": epoch, "split": "event", "event": "preempted"})
-                tr.log({"step": 4, "epoch": epoch, "split": "event", "event": "resume"})
-            if step % STEPS_PER_EPOCH == 0:
-                if not aug:
-                    _log_eval(tr, "val_knee", step, epoch, KNEE_SSIM[name][epoch], ["CORPD_FBK"])
-                _log_eval(tr, "val_brain", step, epoch, BRAIN_SSIM[name][epoch], ["AXT1", "AXT2"])
-                img = rng.random((24, 20))
-                tr.log_images(step, epoch, "val_brain", {"reconstruction": img, "target": img, "error": img / 9})
-        if aug:
-            _volume_table(tr, "val_brain", BRAIN_VOLS + [("file_brain_AXT1_9.h5", "AXT1")],
-                          lambda f, a: _base_ssim(f, a) + (BRAIN_SSIM_DIFF[_paired_index(f, a)]
-                                                           if f != "file_brain_AXT1_9.h5" else 0.0))
-        else:
-            _volume_table(tr, "val_brain", BRAIN_VOLS, _base_ssim)
-            _volume_table(tr, "val_knee", KNEE_VOLS, lambda f, a: 0.7 + 0.01 * int(f[-4]) + ACC_OFFSET[a])
-        tr.log({"step": epochs * STEPS_PER_EPOCH, "epoch": epochs - 1, "split": "event", "event": "end"})
-    if aug:
-        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write('{"step": 9, "epoch": 2, "split": "tra')  # torn last line of a killed writer
-    return run_dir
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> List[Path]:
-    root = tmp_path_factory.mktemp("runs")
-    return [_write_run(root, "baseline"), _write_run(root, "mraugment")]
+    return make_runs(tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture(scope="module")
 def report(runs, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("report")
-    with pytest.warns(RuntimeWarning, match="torn last line"):
-        md = build_report(runs, out)
-    assert md == out / "report.md"
-    return md
+    return make_report(runs, tmp_path_factory.mktemp("report"))
 
 
-def _jsonl(path: Path) -> List[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return rows
 
 
 def _md_tables(md: str) -> List[List[List[str]]]:
@@ -202,11 +98,11 @@ def test_every_figure_and_table_present_and_referenced(report):
     assert html.count("<table>") == len(_md_tables(md))
 
 
-def test_report_numbers_equal_metrics_jsonl(report, runs):
+def test_report_numbers_equal_metricsread_jsonl(report, runs):
     md = report.read_text()
     checked = 0
     for run_dir in runs:
-        metrics = [r for r in _jsonl(run_dir / "metrics.jsonl") if r["split"].startswith("val_")]
+        metrics = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["split"].startswith("val_")]
         for split, caption in (("val_knee", "\n**knee (val_knee)**\n"),
                                ("val_brain", "\n**brain (val_brain, transfer)**\n")):
             table = _md_tables(md.split(caption, 1)[1])[0]  # first table after the split's caption
@@ -364,123 +260,3 @@ def test_missing_inputs_fail_with_clear_errors(runs, tmp_path, capsys):
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2 and f"run folder not found: {missing}" in proc.stderr
-
-
-class _FakeFile:
-    def __init__(self, path: str, content: str) -> None:
-        self.path, self.content = path, content
-
-    def download(self, root: str, replace: bool = False) -> None:
-        target = Path(root) / self.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(self.content)
-
-
-class _FakeRun:
-    """What analysis.wandb_source uses of wandb.apis.public.Run, fed with what Tracker would have logged."""
-
-    def __init__(self, run_dir: Path, wrapped_config: bool = False) -> None:
-        self.name = run_dir.name + "-wandb-name"
-        self.config = {"run": {"name": run_dir.name}}
-        if wrapped_config:  # the raw form some W&B versions return
-            self.config = {"_wandb": {"value": {"t": 1}}, "run": {"value": {"name": run_dir.name}, "desc": None}}
-        self.history: List[dict] = [{"_step": 0, "_runtime": 1.0}]
-        for row in _jsonl(run_dir / "metrics.jsonl"):
-            prefix = "/".join([row["split"]] + ([row["acquisition"]] if "acquisition" in row else [])
-                              + ([f"x{row['acceleration']}"] if "acceleration" in row else []))
-            skip = ("step", "epoch", "split", "acquisition", "acceleration", "time")
-            self.history.append({f"{prefix}/{k}": v for k, v in row.items() if k not in skip}
-                                | {"trainer/step": row["step"], "trainer/epoch": row["epoch"], "_step": 1})
-        self.history.append({"val_brain/images/target": {"_type": "image-file"}, "trainer/step": 1,
-                             "trainer/epoch": 0})
-        with open(run_dir / "val_brain_per_volume.csv", newline="") as f:
-            records = list(csv.reader(f))
-        self.table = json.dumps({"columns": records[0], "data": records[1:]})
-        self.summary = {"val_brain_per_volume": {"_type": "table-file", "path": "media/table/pv.table.json"}}
-
-    def scan_history(self):
-        return iter(self.history)
-
-    def file(self, path: str) -> _FakeFile:
-        return _FakeFile(path, self.table)
-
-
-class _FakeApi:
-    def __init__(self, runs: Dict[str, _FakeRun]) -> None:
-        self.runs = runs
-
-    def run(self, path: str) -> _FakeRun:
-        entity, project, run_id = path.split("/")
-        assert (entity, project) == ("ent", "proj")
-        if run_id not in self.runs:
-            raise ValueError(f"Could not find run {path}")
-        return self.runs[run_id]
-
-
-def test_wandb_history_converts_to_metrics_rows(runs, tmp_path):
-    api = _FakeApi({"id0": _FakeRun(runs[0]), "id1": _FakeRun(runs[1], wrapped_config=True)})
-    wb_runs = load_wandb_runs("ent/proj", ["id0", "id1"], api=api)
-    with pytest.warns(RuntimeWarning):
-        local = [load_run(r) for r in runs]
-    for wb, loc in zip(wb_runs, local):
-        assert wb.label == loc.label and wb.source.startswith("wandb:ent/proj/")
-        strip = [{k: v for k, v in r.items() if k != "time"} for r in loc.rows]
-        assert wb.rows == strip  # same rows, same de-duplication (the later copy of step 3 wins)
-        assert wb.per_volume["val_brain"] == loc.per_volume["val_brain"]
-    md = build_report_from_runs(wb_runs, tmp_path / "wb").read_text()
-    assert "wandb:ent/proj/id1" in md
-    with pytest.raises(Exception, match="Could not find run ent/proj/nope"):
-        load_wandb_runs("ent/proj", ["nope"], api=api)
-
-
-def test_wandb_without_api_key_fails_clearly(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    assert main(["--wandb", "ent/proj", "--runs", "abc", "--out", str(tmp_path / "o")]) == 2
-    assert "WANDB_MODE=offline" in capsys.readouterr().err
-    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_MODE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_cfg"))
-    assert main(["--wandb", "ent/proj", "--runs", "abc", "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert "--wandb: cannot use the W&B API" in err and "WANDB_API_KEY" in err
-    assert main(["--wandb", "not-a-project", "--runs", "abc", "--out", str(tmp_path / "o")]) == 2
-    assert "expected ENTITY/PROJECT" in capsys.readouterr().err
-
-
-def _chromium() -> str:
-    """Path of Debian's chromium; installed with apt-get (as root) when missing, failing loudly otherwise."""
-    exe = Path("/usr/bin/chromium")
-    if exe.is_file():
-        return str(exe)
-    if os.geteuid() != 0:
-        pytest.fail("/usr/bin/chromium is missing and the test is not root: run `apt-get install -y chromium`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log = []
-    for cmd in (["apt-get", "install", "-y", "chromium"], ["apt-get", "update"],
-                ["apt-get", "install", "-y", "chromium"]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
-        log.append(f"$ {' '.join(cmd)} -> {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        if cmd[1] == "install" and proc.returncode == 0 and exe.is_file():
-            return str(exe)
-    pytest.fail("could not install chromium with apt-get:\n" + "\n".join(log))
-
-
-def test_report_html_renders_in_headless_chromium(report, tmp_path):
-    shot = tmp_path / "report.png"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
-           report.with_suffix(".html").resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, f"chromium failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-    assert shot.is_file(), f"no screenshot written:\n{proc.stderr[-3000:]}"
-    img = mpimg.imread(shot)[..., :3]
-    assert img.shape[:2] == (2000, 1280)
-    assert float(img.std()) > 0.05, "blank screenshot"
-    dark = (img.max(axis=-1) < 0.35).mean()
-    assert dark > 0.002, "no text rendered"
-    # the report's accent colour (#1f77b4: title rule, links, curves) proves our page rendered, not an error page
-    accent = (np.abs(img - np.array([0x1F, 0x77, 0xB4]) / 255.0).max(axis=-1) < 0.06).mean()
-    assert accent > 0.0005, f"report styling not visible (accent fraction {accent:.5f})"

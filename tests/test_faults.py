@@ -1,10 +1,10 @@
-"""Reliability: kill -9, SIGTERM preemption, bad data at start-up, non-finite losses, rank-count mismatch,
-atomic checkpoints. Real processes and signals; the continuation must equal an uninterrupted run."""
+"""Reliability: kill -9 of one rank, bad data at start-up, non-finite losses, rank-count mismatch, atomic
+checkpoints, config and port errors. Real processes and signals. Kill -9 / preemption of the whole job and the
+bit-identical continuation are in tests/test_epochs.py (2 ranks, across epochs) and tests/test_preempt_eval.py."""
 
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +18,7 @@ import torch
 from trainrun import ROOT, common, env, free_port, ok, run_single, train_rows
 
 from varnet_ds.distributed import DistInfo
-from varnet_ds.exits import EXIT_BAD_DATA, EXIT_REQUEUE
+from varnet_ds.exits import EXIT_BAD_DATA
 from varnet_ds.trainer import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
@@ -39,60 +39,6 @@ def wait_for(predicate, proc, timeout=120):
             return False
         time.sleep(0.05)
     return False
-
-
-@pytest.fixture(scope="module")
-def reference(synth_dirs, tmp_path_factory):
-    """Uninterrupted: 6 steps, checkpoint every step."""
-    out = tmp_path_factory.mktemp("reference")
-    ok(run_single(common(synth_dirs, out, "train.max_steps=6", "train.checkpoint_every_steps=1")))
-    return out
-
-
-def _same_weights(a, b):
-    wa = torch.load(Path(a) / "model_fp32.pt", weights_only=False)["state_dict"]
-    wb = torch.load(Path(b) / "model_fp32.pt", weights_only=False)["state_dict"]
-    return all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def test_kill9_then_rerun_resumes_exactly(reference, synth_dirs, tmp_path):
-    args = common(synth_dirs, tmp_path, "train.max_steps=6", "train.checkpoint_every_steps=1")
-    proc = start_single(args)
-    reached = wait_for(lambda: (tmp_path / "checkpoints" / ckpt.tag_for(2) / ckpt.COMPLETE).exists(), proc)
-    assert reached, proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (tmp_path / "model_fp32.pt").exists()  # it really died mid-run
-    rerun = run_single(args)
-    ok(rerun)
-    assert "resumed from" in rerun.stdout
-    steps = [r["step"] for r in train_rows(tmp_path)]
-    assert steps == [1, 2, 3, 4, 5, 6]  # every step exactly once
-    assert _same_weights(reference, tmp_path)
-    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in events if e["split"] == "event"].count("resume") == 1
-
-
-def test_sigterm_checkpoints_and_requeues(reference, synth_dirs, tmp_path):
-    args = common(synth_dirs, tmp_path, "train.max_steps=6", "train.checkpoint_every_steps=100")
-    marker = tmp_path / "job.preempted"
-    proc = start_single(args, VARNET_DS_PREEMPT_MARKER=str(marker))
-    reached = wait_for(lambda: (tmp_path / "metrics.jsonl").exists()
-                       and '"split": "train"' in (tmp_path / "metrics.jsonl").read_text(), proc)
-    assert reached, proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_REQUEUE == 75, err[-3000:]  # "requeue me" (not timeout's 124)
-    tag = (tmp_path / "checkpoints" / "latest").read_text().strip()
-    stopped_at = json.loads((tmp_path / "checkpoints" / tag / ckpt.COMPLETE).read_text())["step"]
-    assert 1 <= stopped_at < 6
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("event") == "preempted" for r in rows)
-    assert marker.read_text().strip().endswith(tag)  # launch/slurm.sbatch requeues on this file
-    ok(run_single(args))
-    assert [r["step"] for r in train_rows(tmp_path)] == [1, 2, 3, 4, 5, 6]
-    assert _same_weights(reference, tmp_path)
 
 
 def _copy_data(synth_dirs, tmp_path):

@@ -22,8 +22,8 @@ def test_signal_during_evaluation_abandons_it_and_the_rerun_evaluates_first(synt
     dirs = {**synth_dirs, "val": synth_dirs["train"]}
     args = common(dirs, tmp_path / "run", "train.epochs=2", "eval.every_epochs=1", *PAIRS,
                   "train.checkpoint_every_steps=100")
-    log = tmp_path / "a.txt"
-    proc = start(args, log)
+    log, marker = tmp_path / "a.txt", tmp_path / "job.preempted"
+    proc = start(args, log, VARNET_DS_PREEMPT_MARKER=str(marker))
     wait_until(lambda: "evaluating val_knee" in log.read_text(), proc)
     rank0 = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank=0" in " ".join(p.cmdline())]
     assert len(rank0) == 1, rank0
@@ -34,6 +34,7 @@ def test_signal_during_evaluation_abandons_it_and_the_rerun_evaluates_first(synt
     # after epoch 0 (steps 1-5; the epoch counter already advanced), before any evaluation row was written
     assert (preempted["step"], preempted["epoch"], preempted["pending_eval"]) == (5, 1, True), preempted
     assert not [r for r in rows if r["split"] in ("val_knee", "val_brain")]
+    assert marker.read_text().strip().endswith(preempted["tag"])  # launch/slurm.sbatch requeues on this file
 
     proc = start(args, tmp_path / "b.txt")
     assert finish(proc, 200) == 0, tail(proc)

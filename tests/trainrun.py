@@ -62,12 +62,13 @@ def train_rows(run_dir):
 # ------------------------------------------------------------------ 2-rank runs in their own process group
 
 
-def start(args, log_path):
+def start(args, log_path, **extra_env):
     """The deepspeed launcher with 2 CPU ranks, in its own process group (killed as a whole)."""
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            str(ROOT / "varnet_ds" / "train.py"), *args]
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**env(), **extra_env}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     log.close()
     proc.log_path = log_path
     return proc

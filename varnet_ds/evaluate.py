@@ -6,16 +6,7 @@ Usage::
         [--mask-type equispaced] [--device cpu|cuda] [--max-volumes N] [--precision fp32|bf16] [--batch-slices 4]
     python -m varnet_ds.evaluate --checkpoint model_fp32.pt|state_dict.pt [--num-cascades 12 --chans 18 ...] ...
 
-``OUT/<input file name>`` holds ``reconstruction`` (float32 ``[slices, rH, rW]``), the fastMRI submission format:
-the full-size VarNet output centre-cropped to the header's recon size, or square to the output width when the
-output is narrower than that ("FLAIR 203", as ``VarNetModule.test_step``). Every write goes to a hidden temporary
-file that is renamed into place, so a killed run never leaves a half-written file under a final name.
-
-``OUT/metrics.json`` scores every volume that has ``reconstruction_rss`` exactly as ``fastmri.evaluate`` scores
-``OUT`` against the data folder: both images centre-cropped to ``(W, W)`` with ``W`` the target width, then SSIM,
-PSNR and NMSE per volume with ``maxval`` the cropped target's maximum; means and ``2 * stddev`` over volumes.
-Volumes without a target (test data) are reconstructed but not scored; with no ``--acceleration`` they use the
-file's stored ``mask`` when there is one.
+What is written (fastMRI submission format, scored exactly as ``fastmri.evaluate``): :mod:`varnet_ds.eval.export`.
 """
 
 from __future__ import annotations
