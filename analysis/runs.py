@@ -1,6 +1,6 @@
 """Training runs as the comparison sees them: validated ``metrics.jsonl`` rows, the resolved config, per-volume tables.
 
-A run folder (written by ``varnet_ds.tracking.Tracker``) holds ``config.yaml``, ``metrics.jsonl``,
+A run folder (written by ``varnet_ds.tracking.tracker.Tracker``) holds ``config.yaml``, ``metrics.jsonl``,
 ``images/{split}_epoch{E:03d}.png``, ``{split}_per_volume.csv`` and optionally ``recon/*.h5`` (from
 ``python -m varnet_ds.evaluate``). Parsed here without importing ``varnet_ds``: analysis stays independent of
 the training code. Row format (also produced from W&B histories by :mod:`analysis.wandb_source`): ``step``,

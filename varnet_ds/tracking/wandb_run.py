@@ -1,4 +1,4 @@
-"""The W&B side of :class:`varnet_ds.tracking.Tracker`: login check, mode, run identity, keys, artifacts.
+"""The W&B side of :class:`varnet_ds.tracking.tracker.Tracker`: login check, mode, run identity, keys, artifacts.
 
 Login is decided by wandb itself: :func:`wandb_credentials` asks wandb's own credential lookup
 (``wandb.sdk.lib.wbauth.authenticate_session`` without prompting: ``WANDB_API_KEY`` /
