@@ -45,3 +45,14 @@ def one_rank(synth_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("one_rank")
     ok(run_single(common(synth_dirs, out, "train.grad_accum=2", "train.max_steps=4")))
     return out
+
+
+# Modules whose tests start several training runs, longest first: pytest-xdist's --dist loadscope hands modules to
+# the two workers in collection order, so starting the long ones first lets both workers finish together.
+LONG_MODULES = ("test_epochs.py", "test_elastic.py", "test_preempt_eval.py", "test_study.py", "test_faults.py",
+                "test_engine.py", "test_bench.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise
