@@ -6,14 +6,17 @@ import csv
 import json
 import math
 import struct
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 import torch
+import wandb
 
 from varnet_ds.config import load_config
 from varnet_ds.tracking.metrics_file import read_rows as read_metrics
@@ -184,6 +187,19 @@ def test_truncate_rows_and_torn_line(wandb_env):
         read_metrics(run_dir / "metrics.jsonl")
 
 
+def _flushed_records(path: Path, needed: Sequence[str], timeout: float = 60.0):
+    """Records of the .wandb file once it holds every record type in ``needed``: W&B's service process writes the
+    file and, on a loaded machine, was seen to append the records after ``run.finish()`` had returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(path)
+        kinds = Counter(r.WhichOneof("record_type") for r in records)
+        if all(kinds[k] for k in needed) or time.monotonic() > deadline:
+            assert all(kinds[k] for k in needed), f"{path}: record types {dict(kinds)} after {timeout} s, need {needed}"
+            return records
+        time.sleep(0.5)
+
+
 def _wandb_records(path: Path):
     """Records of a .wandb transaction log (LevelDB log format: 7-byte file header ':W&B' + magic + version,
     32 KiB blocks of chunks with a 7-byte header crc32c(4) length(2) type(1))."""
@@ -246,15 +262,14 @@ def test_offline_wandb_run_and_resume(wandb_env, monkeypatch, capsys):
     tracker.log({"step": 13, "epoch": 0, "split": "train", "loss": 0.75})
     with pytest.warns(RuntimeWarning, match="2 W&B calls failed"):
         command = tracker.finish()
+    wandb.teardown()  # W&B's service process flushes the .wandb file before it exits
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [10, 10, 11, 12, 13]
 
     sync_dirs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(sync_dirs) == 1 and command == f"wandb sync {sync_dirs[0]}"
-    records = _wandb_records(sync_dirs[0] / f"run-{run_id}.wandb")
+    records = _flushed_records(sync_dirs[0] / f"run-{run_id}.wandb", ["history", "metric"])
     assert identity == (run_id, "offline_unit", "knee2brain", ("unit", "test", "seed-42"), "offline_unit",
                         "varnet_ds")
-    kinds = Counter(r.WhichOneof("record_type") for r in records)
-    assert kinds["history"] >= 3, kinds  # the file W&B syncs holds the logged rows (read below)
     history = _history(records)
     train = next(h for h in history if "train/loss" in h)
     assert train["train/loss"] == 0.25 and train["trainer/step"] == 10 and train["trainer/epoch"] == 0
@@ -358,8 +373,9 @@ def test_study_run_identity_summaries_and_model_artifacts(wandb_env, monkeypatch
         tracker.log_model(run_dir / "model_fp32.pt", aliases=["final"])
     tracker.log_summary({"selected/val_knee/ssim": np.float64(0.8)})
     tracker.finish()
+    wandb.teardown()  # W&B's service process flushes the .wandb file before it exits
 
-    records = _wandb_records(next((run_dir / "wandb").glob("offline-run-*/*.wandb")))
+    records = _flushed_records(next((run_dir / "wandb").glob("offline-run-*/*.wandb")), ["summary", "artifact"])
     summary = _summary(records)
     assert summary["val_knee/ssim"] == 0.75 and summary["val_knee/ssim_max"] == 0.80  # last and best
     assert summary["val_knee/psnr_max"] == 30.80 and summary["val_knee/nmse_min"] == 0.03
