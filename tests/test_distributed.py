@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from varnet_ds.distributed import cuda_device_index, init_distributed
+from varnet_ds.distributed import cuda_device_index, init_distributed, shm_buffer_in_use
 
 
 @pytest.mark.parametrize("local_rank,count,expected", [(0, 8, 0), (5, 8, 5), (3, 1, 0), (0, 1, 0)])
@@ -30,3 +30,10 @@ def test_one_gpu_per_task_uses_device_0(monkeypatch):
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
     info = init_distributed()
     assert chosen == [0] and info.device == torch.device("cuda", 0) and info.local_rank == 3
+
+
+@pytest.mark.parametrize("world,local_size,used", [(1, "1", True), (2, "2", True), (2, None, False), (4, "2", False),
+                                                    (1, None, False)])
+def test_shm_buffer_condition_matches_deepspeed(world, local_size, used):
+    """A 1-rank job started by the deepspeed launcher has a buffer too (it leaked before this was checked)."""
+    assert shm_buffer_in_use(world, local_size) is used

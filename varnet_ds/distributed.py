@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
@@ -71,13 +71,18 @@ def shm_buffer_path(rank: int) -> Path:
     return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
 
 
+def shm_buffer_in_use(world_size: int, local_size: Optional[str]) -> bool:
+    """DeepSpeed's own condition for its shared-memory all-reduce: every rank on this machine (``LOCAL_SIZE``, set by
+    the deepspeed launcher, equals the world size) -- also for one rank started by the launcher."""
+    return local_size is not None and local_size == str(world_size)
+
+
 def _unlink_shm_buffer() -> None:
     """DeepSpeed maps one shared-memory file per rank when all ranks of a CPU job share a machine and never unlinks
     it, so every run used to leave ~69 MB per rank in /dev/shm (RAM). Once every rank has mapped all of them (the
     barrier after init), each rank unlinks its own name: the memory stays mapped until the processes exit and
     nothing is left behind, even after ``kill -9``."""
-    world = torch.distributed.get_world_size()
-    if world < 2 or os.environ.get("LOCAL_SIZE") != str(world):  # same on every rank: DeepSpeed's own condition
+    if not shm_buffer_in_use(torch.distributed.get_world_size(), os.environ.get("LOCAL_SIZE")):
         return
     torch.distributed.barrier()
     shm_buffer_path(torch.distributed.get_rank()).unlink(missing_ok=True)
