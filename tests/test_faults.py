@@ -1,4 +1,4 @@
-"""Reliability: bad data at start-up, non-finite losses, rank-count mismatch, atomic
+"""Reliability: bad data at start-up, non-finite losses and gradients (under CPU offload), rank-count mismatch, atomic
 checkpoints, config and port errors. Real processes and signals. Kill -9 of one rank, preemption and the
 bit-identical continuation are in tests/test_epochs.py (2 ranks, across epochs) and tests/test_preempt_eval.py."""
 
@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -24,23 +23,6 @@ from varnet_ds.trainer import checkpoint as ckpt
 pytestmark = pytest.mark.slow
 
 
-def start_single(args, **extra_env):
-    cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env={**env(), **extra_env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate, proc, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
-
-
 def _copy_data(synth_dirs, tmp_path):
     dirs = {}
     for key in ("train", "val", "brain"):
@@ -49,20 +31,13 @@ def _copy_data(synth_dirs, tmp_path):
     return dirs
 
 
-def test_bad_file_fails_fast_or_is_skipped(synth_dirs, tmp_path):
+def test_bad_file_fails_fast(synth_dirs, tmp_path):
     dirs = _copy_data(synth_dirs, tmp_path)
-    bad = dirs["train"] / "file_broken.h5"
-    bad.write_bytes(b"this is not an HDF5 file")
-    proc = run_single(common(dirs, tmp_path / "run_a", "train.max_steps=1"))
+    (dirs["train"] / "file_broken.h5").write_bytes(b"this is not an HDF5 file")
+    proc = run_single(common(dirs, tmp_path / "run", "train.max_steps=1"))
     assert proc.returncode == EXIT_BAD_DATA == 1
     assert "file_broken.h5" in proc.stderr
-    assert not (tmp_path / "run_a" / "checkpoints").exists()  # failed before training
-    proc = run_single(common(dirs, tmp_path / "run_b", "train.max_steps=1", "data.skip_bad_files=true"))
-    ok(proc)
-    rows = [json.loads(line) for line in (tmp_path / "run_b" / "metrics.jsonl").read_text().splitlines()]
-    skipped = [r for r in rows if r.get("event") == "skipped_bad_files"]
-    assert skipped and skipped[0]["count"] == 1 and "file_broken.h5" in skipped[0]["files"][0]
-    assert bad.exists()  # nothing deleted
+    assert not (tmp_path / "run" / "checkpoints").exists()  # failed before training
 
 
 def test_nonfinite_loss_skipped_then_stop_with_checkpoint(synth_dirs, tmp_path):
@@ -162,17 +137,40 @@ sys.exit(trainer.fit())
 """
 
 
-def test_nonfinite_gradient_step_is_skipped(synth_dirs, tmp_path):
-    args = common(synth_dirs, tmp_path, "train.max_steps=3")
-    ds_config, overrides = args[1], [a for a in args[4:]]
-    proc = subprocess.run([sys.executable, "-c", INF_GRAD_SCRIPT, ds_config, *overrides], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def offload_run(synth_dirs, tmp_path_factory):
+    """One launch, three behaviours: ZeRO-2 with the optimizer offloaded to the CPU (ds_configs/zero2_offload.json),
+    a broken file skipped (data.skip_bad_files), an infinite gradient in the 2nd step's backward."""
+    tmp = tmp_path_factory.mktemp("offload")
+    dirs = _copy_data(synth_dirs, tmp)
+    (dirs["train"] / "file_broken.h5").write_bytes(b"this is not an HDF5 file")
+    args = common(dirs, tmp / "run", "train.max_steps=3", "data.skip_bad_files=true", "data.max_val_volumes=1")
+    overrides = args[4:]
+    proc = subprocess.run([sys.executable, "-c", INF_GRAD_SCRIPT, str(ROOT / "ds_configs" / "zero2_offload.json"),
+                           *overrides], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     ok(proc)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    skipped = [r for r in rows if r.get("event") == "nonfinite_grad_skipped"]
+    rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+    return {"dir": tmp / "run", "rows": rows, "broken": dirs["train"] / "file_broken.h5"}
+
+
+def test_offload_config_trains(offload_run):
+    (start,) = [r for r in offload_run["rows"] if r.get("event") == "start"]
+    assert (start["zero_stage"], start["offload_optimizer"]) == (2, True)
+    assert Path(start["ds_config"]).name == "zero2_offload.json"
+    assert [r["step"] for r in train_rows(offload_run["dir"])][-1] == 3
+
+
+def test_bad_file_skipped_when_asked(offload_run):
+    skipped = [r for r in offload_run["rows"] if r.get("event") == "skipped_bad_files"]
+    assert skipped and skipped[0]["count"] == 1 and "file_broken.h5" in skipped[0]["files"][0]
+    assert offload_run["broken"].exists()  # nothing deleted
+
+
+def test_nonfinite_gradient_step_is_skipped(offload_run):
+    skipped = [r for r in offload_run["rows"] if r.get("event") == "nonfinite_grad_skipped"]
     assert len(skipped) == 1
-    assert [r["step"] for r in train_rows(tmp_path)] == [1, 3]  # step 2 consumed, not applied, not logged as train
-    weights = torch.load(tmp_path / "model_fp32.pt", weights_only=False)["state_dict"]
+    assert [r["step"] for r in train_rows(offload_run["dir"])] == [1, 3]  # step 2 consumed, not applied or logged
+    weights = torch.load(offload_run["dir"] / "model_fp32.pt", weights_only=False)["state_dict"]
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 

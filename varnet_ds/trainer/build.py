@@ -77,8 +77,10 @@ def build_trainer(cfg: DictConfig, ds_config_path: str, dist: DistInfo) -> Train
     tracker = Tracker(cfg, run_dir, dist.rank, resume_id=saved.get("wandb_id") if saved else None,
                       wandb=not complete)
     if not complete:
-        _log_start(tracker, state, saved, resume_plan, data, dist, count_parameters(model), config_changes,
-                   plan_row, bad_files)
+        zero = {"ds_config": str(ds_config_path), "zero_stage": engine.zero_optimization_stage(),
+                "offload_optimizer": bool(engine.zero_cpu_offload())}
+        _log_start(tracker, state, saved, resume_plan, data, dist, dict(parameters=count_parameters(model), **zero),
+                   config_changes, plan_row, bad_files)
     return Trainer(cfg, dist, engine=engine, optimizer=ds_optimizer, scheduler=scheduler,
                    loss_fn=ssim_loss(dist.device), data=data, state=state, tracker=tracker, selector=selector,
                    validator=Validator(cfg, dist, [str(p) for p, _ in bad_files]), complete=complete)
@@ -101,14 +103,17 @@ def _restore(engine: Any, scheduler: Any, data: TrainData, cfg: DictConfig, ckpt
 
 
 def _log_start(tracker: Tracker, state: TrainState, saved: Optional[Dict[str, Any]],
-               plan: Optional[elastic.ResumePlan], data: TrainData, dist: DistInfo, num_params: int,
+               plan: Optional[elastic.ResumePlan], data: TrainData, dist: DistInfo, setup: Dict[str, Any],
                config_changes: Dict[str, Tuple[Any, Any]], plan_row: Optional[Dict[str, Any]], bad_files) -> None:
-    """Rollback (resume) or stale rows set aside (fresh start), then the start-up events."""
+    """Rollback (resume) or stale rows set aside (fresh start), then the start-up events.
+
+    ``setup`` (parameter count, DeepSpeed JSON, ZeRO stage, optimizer offload) goes into the ``start`` event.
+    """
     if saved is None:
         backup = tracker.set_aside_rows()  # an earlier run here died before its first checkpoint
         if backup is not None:
             print(f"[varnet_ds] no checkpoint to resume from; earlier rows moved to {backup}", flush=True)
-        tracker.log(state.event("start", world_size=dist.world_size, parameters=num_params, **versions()))
+        tracker.log(state.event("start", world_size=dist.world_size, **setup, **versions()))
     else:
         rolled_back = tracker.truncate_rows(int(saved.get("metrics_rows", tracker.num_rows)))
         if plan is not None and plan.changed:
