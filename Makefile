@@ -18,7 +18,8 @@ $(STAMP): setup.py requirements.txt requirements-dev.txt
 	$(VPY) -m pip install -q $(TORCH_SPEC) -r requirements.txt -r requirements-dev.txt
 	$(VPY) -m pip install -q --no-deps $(FASTMRI_SPEC)
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
-	@bash scripts/install_brain_template.sh || true
+	@bash scripts/install_apt.sh mricron-data /usr/share/mricron/templates/ch2.nii.gz "using nilearn's MNI152 fallback"
+	@bash scripts/install_apt.sh chromium /usr/bin/chromium "the report render test will try again"
 	@# CPU only: build DeepSpeed's shared-memory comm op now (~30 s) instead of in the first training start
 	DS_ACCELERATOR=cpu $(VPY) -c "import sys, torch; torch.cuda.is_available() and sys.exit(0); from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()" > /dev/null
 	$(VPY) -c "import torch, deepspeed, fastmri, omegaconf, wandb, h5py; print('installed: torch', torch.__version__, '| deepspeed', deepspeed.__version__, '| fastmri', fastmri.__version__ if hasattr(fastmri, '__version__') else '0.3.0')"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue #8 on one GPU: the knee and brain_big memory/speed tables (reference, every policy under ZeRO-2, the
 # plain-PyTorch rows the issue's H100 figures were taken with, compiled U-Nets), the memory planner at 2 / 3 GiB
-# and ZeRO-2 comms from the measured step. Text + logs go to ${OUT:-runs/bench-gpu}/; paste tables.txt into
+# and ZeRO-2 comms from the measured step. Tables, JSON documents and logs go to ${OUT:-runs/bench-gpu}/; paste tables.txt into
 # README "Memory and speed". Parts, so that each call fits a 10-minute device slot (H100, rough):
 #
 #   launch/bench_gpu.sh knee        # ~4 min: knee fp32+bf16 x every policy (ZeRO-2), plain rows, comms
@@ -25,7 +25,7 @@ mkdir -p "$OUT"
 run() {  # name, then bench arguments
   local name=$1; shift
   echo "== $name: python -m varnet_ds.bench $*" | tee -a "$OUT/tables.txt"
-  "$PY" -m varnet_ds.bench "$@" > "$OUT/$name.txt" 2> "$OUT/$name.log" || { tail -20 "$OUT/$name.log"; exit 1; }
+  "$PY" -m varnet_ds.bench "$@" --json-out "$OUT/$name.json" > "$OUT/$name.txt" 2> "$OUT/$name.log" || { tail -20 "$OUT/$name.log"; exit 1; }
   tee -a "$OUT/tables.txt" < "$OUT/$name.txt"
 }
 ALL_POLICIES=(--checkpointing none cascades all selective selective_all --sens-chunk 0 4)

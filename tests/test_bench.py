@@ -33,8 +33,8 @@ def run_bench(*extra):
     return proc
 
 
-def test_bench_table_text():
-    out = run_bench("--repeat-reference").stdout
+def test_bench_table_and_json_out(tmp_path):
+    out = run_bench("--repeat-reference", "--json-out", str(tmp_path / "new" / "bench.json")).stdout
     assert f"device: {device_name()} | torch" in out and "| deepspeed " in out and "| date " in out
     lines = out.splitlines()
     ref = [ln for ln in lines if ln.startswith(REFERENCE)]
@@ -46,26 +46,31 @@ def test_bench_table_text():
     assert any(ln.startswith("reference drift (repeat vs first): step ") for ln in lines)
     assert any(ln.startswith("MRAugment cpu (1 thread") and " ms " in ln for ln in lines)
 
-
-def test_bench_json():
-    doc = json.loads(run_bench("--json").stdout)  # stdout holds the JSON document only
+    doc = json.loads((tmp_path / "new" / "bench.json").read_text())  # the same measurements, as a document
     assert doc["device"] == device_name() and doc["torch"] == torch.__version__ and doc["deepspeed"]
     assert len(doc["date"]) == 10 and doc["shape"] == {"coils": 2, "height": 32, "width": 24}
     rows = doc["results"]
-    assert [r["name"] for r in rows] == [REFERENCE, *CONFIGS]
+    assert [r["name"] for r in rows] == [REFERENCE, *CONFIGS, f"{REFERENCE} repeat"]
     for r in rows:
         assert r["peak_estimated"] is True and r["peak_gib"] > 0 and r["step_s"] > 0 and r["freed"] is True
         assert r["gflop"] > 0
         # Same initial weights and batch; fp32 ours == the plain reference (checkpointing is exact).
         assert r["loss"] == pytest.approx(rows[0]["loss"], rel=1e-5)
+        assert f"{r['step_s']:.3f}" in out  # the table shows these numbers
     by = {r["name"]: r for r in rows}  # checkpointing recomputes the cascades: more FLOPs, same as ref without
     assert by[CONFIGS[1]]["gflop"] > by[CONFIGS[0]]["gflop"] == pytest.approx(by[REFERENCE]["gflop"])
     # selective recomputes only the full-resolution convolutions
     assert by[REFERENCE]["gflop"] < by[CONFIGS[2]]["gflop"] < by[CONFIGS[1]]["gflop"]
     (aug,) = doc["augment"]
     assert aug["device"] == "cpu" and aug["threads"] == 1 and aug["ms_per_slice"] > 0 and aug["error"] is None
-    fastest = min(r["step_s"] for r in rows[1:])
+    fastest = min(r["step_s"] for r in rows[1:-1])
     assert aug["workers_to_keep_up"] == math.ceil(aug["ms_per_slice"] / (1000 * fastest))
+
+
+def test_json_out_folder_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*TINY, "--json-out", str(tmp_path)])
+    assert exc.value.code == 2 and f"--json-out {tmp_path}: is a folder" in capsys.readouterr().err
 
 
 def test_augment_rows_restore_threads():

@@ -72,7 +72,7 @@ def test_compiled_varnet_traces_one_graph_per_shape(monkeypatch, checkpointing, 
 def test_inductor_norm_unet_matches_eager():
     torch._dynamo.reset()
     torch.manual_seed(2)
-    net = NormUnet(4, 2)
+    net = NormUnet(4, 1)  # 1 pool: fewer kernels for the C++ compiler on a cold cache (~40 s, not ~55 s)
     x = torch.randn(2, 1, 32, 24, 2, requires_grad=True)
     y = compiled.compiled_norm_unet()(net, x)
     ref = net(x)

@@ -1,6 +1,7 @@
 """Memory/speed benchmark: the plain-PyTorch fp32 reference vs our engine's policies, in ONE process.
 
     python -m varnet_ds.bench --shape knee --steps 10 --repeat-reference   # GPU: the README table
+    ... --json (one JSON document on stdout) | --json-out FILE (the table on stdout, the document in FILE)
     python -m varnet_ds.bench --shape 64x48x4 --cascades 2 --chans 8 --steps 2   # CPU smoke run
     python -m varnet_ds.bench --plan 2.0 --shape knee                    # memory planner (CUDA only)
     python -m varnet_ds.bench --comms --step-time 0.23                   # ZeRO-2 multi-GPU on paper
@@ -42,6 +43,7 @@ import torch
 from fastmri.models import VarNet
 
 from varnet_ds.config import CHECKPOINTING, FASTMRI_SIZES, PRECISIONS, SIZE_KEYS
+from varnet_ds.files import atomic_write_json
 from varnet_ds.model.varnet import SENS_CHECKPOINTED, count_parameters
 from varnet_ds.profiling.benchmark import DS_DIR, REFERENCE, bench_augment_rows, run
 from varnet_ds.system import versions
@@ -176,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="MRAugment rows")
     p.add_argument("--augment-repeats", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout (logs go to stderr)")
+    p.add_argument("--json-out", type=Path, metavar="FILE", help="also write the JSON document to FILE")
     p.add_argument("--plan", type=float, metavar="GIB", help="memory planner: fastest policy within GIB (CUDA)")
     p.add_argument("--data", nargs="+", metavar="FOLDER", help="with --plan: profile the largest volume here")
     p.add_argument("--margin", type=float, default=0.10, help="with --plan: safety margin on the peak (0.10)")
@@ -222,6 +225,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             _parser().error(f"--{name.replace('_', '-')} = {getattr(args, name)}: must be >= 1")
     if min(args.sens_chunk) < 0:
         _parser().error(f"--sens-chunk {args.sens_chunk}: must be >= 0")
+    if args.json_out is not None:  # checked before minutes of measuring, not after
+        if args.json_out.is_dir():
+            _parser().error(f"--json-out {args.json_out}: is a folder; give a file name")
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
     model_kw = {key: getattr(args, key) for key in SIZE_FLAGS}
     rc = 0
     with _stdout_to_stderr(args.json):
@@ -257,6 +264,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             doc["comms"] = [dict(zero2_comm_estimate(num_params, args.world_size, args.step_time, gbps), link=name)
                             for name, gbps in LINKS.items()]
             text.append(comms_table(num_params, args.step_time, args.world_size))
+    if args.json_out is not None:
+        atomic_write_json(args.json_out, doc)
     if args.json:
         print(json.dumps(doc))
     else:
