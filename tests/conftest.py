@@ -47,12 +47,30 @@ def one_rank(synth_dirs, tmp_path_factory):
     return out
 
 
-# Modules whose tests start several training runs, longest first: pytest-xdist's --dist loadscope hands modules to
-# the two workers in collection order, so starting the long ones first lets both workers finish together.
-LONG_MODULES = ("test_epochs.py", "test_elastic.py", "test_preempt_eval.py", "test_study.py", "test_faults.py",
-                "test_engine.py", "test_bench.py")
+# `make test` runs `pytest -n 2 --dist loadscope`, one work unit per module (a module's fixtures are built once), with
+# the scheduler below: units go out in collection order, longest first (LONG_MODULES; pytest-xdist would otherwise
+# order them by their number of tests), and modules sharing a session fixture that is a training run form one unit
+# (a session fixture is built once per worker that uses it). Measured on the 2-core box: see README, Development.
+LONG_MODULES = ("test_epochs.py", "test_engine.py", "test_elastic.py", "test_study.py", "test_preempt_eval.py",
+                "test_faults.py", "test_compiled.py", "test_bench.py")
+SHARED_RUNS = {"test_engine.py": "one_rank", "test_elastic.py": "one_rank"}
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONG_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARED_RUNS.get(module.rsplit("/", 1)[-1], module)
+
+    config.option.loadscopereorder = False  # keep the collection order above
+    return ModuleUnits(config, log)

@@ -6,12 +6,14 @@ import json
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from trainrun import ROOT, TINY, env
 
 from varnet_ds.config import load_config, save_config
+from varnet_ds.studies.launch import Slot
 from varnet_ds.study import StudySpec, main, merge_saved, plan_runs
 
 
@@ -173,7 +175,50 @@ def test_cpu_packing(monkeypatch):
     slots = machine_slots(None, None)
     assert [(s.ranks, s.threads) for s in slots] == [(1, 1), (1, 1)]  # one 1-rank run per core
     assert [(s.ranks, s.threads) for s in machine_slots(None, 1)] == [(1, 2)]
-    assert slots[0].env()["OMP_NUM_THREADS"] == "1" and slots[0].launcher()[1:3] == ["--num_gpus", "1"]
+    assert slots[0].env()["OMP_NUM_THREADS"] == "1" and slots[0].launcher() == [sys.executable]  # no launcher
+    two_ranks = Slot(None, 2, 1).launcher()  # study_bench's 2-rank layout
+    assert Path(two_ranks[0]).name == "deepspeed" and two_ranks[1:3] == ["--num_gpus", "2"]
+
+
+FORWARDING_RUNNER = """
+import sys
+from pathlib import Path
+from varnet_ds.studies.launch import Slot, launch_all
+job = Path(sys.argv[1])
+print("failed", launch_all([("job", [str(job)], job.parent / "run")], [Slot(None, 1, 1)], print), flush=True)
+"""
+FAKE_TRAINING = """
+import signal, sys, time
+from pathlib import Path
+out = Path(__file__).parent / "run"
+def stop(signum, frame):
+    (out / "signal").write_text(str(signum))
+    sys.exit(75)  # EXIT_REQUEUE: checkpoint written
+signal.signal(signal.SIGTERM, stop)
+(out / "started").write_text("")
+time.sleep(60)
+"""
+
+
+def test_sigterm_to_the_runner_reaches_a_cpu_run(tmp_path):
+    import signal
+    import time
+
+    job = tmp_path / "fake_train.py"
+    job.write_text(FAKE_TRAINING)
+    runner = subprocess.Popen([sys.executable, "-c", FORWARDING_RUNNER, str(job)], cwd=ROOT, env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while not (tmp_path / "run" / "started").exists():
+            assert runner.poll() is None and time.time() - t0 < 60, runner.communicate()
+            time.sleep(0.05)
+        runner.send_signal(signal.SIGTERM)
+        out, err = runner.communicate(timeout=30)
+    finally:
+        runner.kill()
+    assert (tmp_path / "run" / "signal").read_text() == str(int(signal.SIGTERM)), out + err  # forwarded
+    assert "preempted job" in out and "failed {'job': 75}" in out, out + err
 
 
 def test_extended_run_killed_before_its_end_is_not_finished(tmp_path):

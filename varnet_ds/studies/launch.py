@@ -1,9 +1,11 @@
 """Packing study runs onto one machine: slots (GPU groups or CPU core shares) and a small launch queue.
 
-A slot runs one training job at a time under the DeepSpeed launcher: on a GPU node ``--include localhost:IDS``
-(K GPUs, K ranks), on a CPU box one rank with ``OMP_NUM_THREADS = cores // slots``. Every job gets its own
-``--master_port``, writes its output to ``OUT_DIR/train.log`` and keeps running when another fails. SIGTERM or
-SIGINT to the runner is forwarded to the running jobs (they checkpoint and exit with the requeue code).
+A slot runs one training job at a time: on a GPU node under the DeepSpeed launcher with ``--include localhost:IDS``
+(K GPUs, K ranks, its own ``--master_port``); on a CPU box as one plain ``train.py`` process (world size 1, a free
+port of its own) with ``OMP_NUM_THREADS = cores // slots`` (for one rank the launcher would only add two Python
+processes, about 7 s of start-up on 2 cores). Every job writes its output to ``OUT_DIR/train.log`` and keeps running
+when another fails. SIGTERM or SIGINT to the runner is forwarded to the training processes of the running jobs
+(they checkpoint and exit with the requeue code).
 """
 
 from __future__ import annotations
@@ -33,8 +35,16 @@ class Slot:
     ranks: int
     threads: int
 
+    @property
+    def direct(self) -> bool:
+        """One CPU rank: ``train.py`` runs as a plain process, without the DeepSpeed launcher."""
+        return self.gpus is None and self.ranks == 1
+
     def launcher(self) -> List[str]:
-        """The DeepSpeed launcher command for this slot (a fresh ``--master_port`` on every call)."""
+        """The command that ``train.py`` and its arguments follow: this Python for a :attr:`direct` slot, else the
+        DeepSpeed launcher (a fresh ``--master_port`` on every call)."""
+        if self.direct:
+            return [sys.executable]
         ds = str(Path(sys.executable).parent / "deepspeed")
         where = (["--include", "localhost:" + ",".join(map(str, self.gpus))] if self.gpus is not None
                  else ["--num_gpus", str(self.ranks)])
@@ -97,8 +107,11 @@ def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], 
 
     def forward(signum, _frame):
         stop["signal"] = signum
-        for _, proc, _, _ in running.values():
-            _signal_ranks(proc.pid)
+        for i, (_, proc, _, _) in running.items():
+            if slots[i].direct:
+                proc.send_signal(signal.SIGTERM)  # the training process itself
+            else:
+                _signal_ranks(proc.pid)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
