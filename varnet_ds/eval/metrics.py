@@ -32,7 +32,6 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tu
 
 import numpy as np
 import torch
-from fastmri import evaluate
 from fastmri.data.transforms import center_crop
 
 from varnet_ds.distributed import all_gather_object
@@ -105,6 +104,9 @@ def volume_metrics(target: np.ndarray, recon: np.ndarray, maxval: Optional[float
         raise ValueError(f"maxval (volume max, data range) must be finite and > 0, got {data_range}")
     if maxval is not None:
         maxval = data_range  # else fastmri uses target.max() in the target's dtype, as its CLI does
+    # imported here: scikit-image and scipy.stats cost ~1.4 s of start-up that a run without validation never needs
+    from fastmri import evaluate
+
     try:
         ssim = evaluate.ssim(target, recon, maxval=maxval)
     except ValueError as err:
