@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainrun import ROOT, common, env, free_port, ok, run_single, train_rows
+from trainrun import NO_EVAL, ROOT, common, env, free_port, ok, run_single, train_rows
 
 from varnet_ds.trainer import checkpoint as ckpt
 from varnet_ds.trainer import elastic
@@ -131,7 +131,7 @@ def chain(synth_dirs, tmp_path_factory):
             info["source_digest"] = tree_digest(root / tag)
         # no validation sets: evaluation plays no part here and costs CPU time
         info["proc"] = launch(script, ranks, common(synth_dirs, run_dir, f"train.max_steps={max_steps}",
-                                                    "data.val_path=null", "data.transfer_path=null"))
+                                                    *NO_EVAL))
         ok(info["proc"])
         runs.append(info)
     return run_dir, runs
@@ -280,7 +280,7 @@ def test_global_batch_that_cannot_be_kept_is_refused(chain, synth_dirs):
     run_dir, _ = chain
     root = run_dir / "checkpoints"
     before = tree_digest(root)
-    args = common(synth_dirs, run_dir, "train.max_steps=12", "data.val_path=null", "data.transfer_path=null")
+    args = common(synth_dirs, run_dir, "train.max_steps=12", *NO_EVAL)
     cfg = load_config("demo", args[4:])
     ds_cfg = {}
     three = DistInfo(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"))

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainrun import ROOT, TINY, common, free_port, ok, run_deepspeed, run_single, train_rows
+from trainrun import NO_EVAL, ROOT, TINY, common, free_port, ok, run_deepspeed, run_single, train_rows
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_rank_zero2_matches_one_rank(one_rank, synth_dirs, tmp_path):
     port = free_port()
-    proc = run_deepspeed(common(synth_dirs, tmp_path, "train.grad_accum=1", "train.max_steps=4"), port=port)
+    proc = run_deepspeed(common(synth_dirs, tmp_path, "train.grad_accum=1", "train.max_steps=4", *NO_EVAL), port=port)
     ok(proc)
     # DeepSpeed's CPU all-reduce buffers (/dev/shm, ~69 MB per rank) are unlinked, not left behind
     leftover = [p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")]
@@ -61,7 +61,7 @@ def test_run_folder_and_consolidated_weights(one_rank):
 def test_init_weights_from_consolidated_under_zero1(one_rank, synth_dirs, tmp_path):
     """A run started from trained weights, and the other shipped DeepSpeed config (ZeRO-1) in the same launch."""
     weights = one_rank / "model_fp32.pt"
-    args = common(synth_dirs, tmp_path, "train.max_steps=2", "data.max_val_volumes=1", f"train.init_weights={weights}")
+    args = common(synth_dirs, tmp_path, "train.max_steps=2", *NO_EVAL, f"train.init_weights={weights}")
     args[1] = str(ROOT / "ds_configs" / "zero1.json")
     ok(run_single(args))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -30,7 +30,7 @@ import psutil
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
-from trainrun import common, finish, rows_of, start, tail, wait_until
+from trainrun import NO_EVAL, common, finish, rows_of, start, tail, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -205,7 +205,7 @@ def test_nonfinite_loss_on_one_rank_is_skipped_by_both(synth_dirs, tmp_path):
     with h5py.File(train / bad_name, "r+") as hf:
         hf["kspace"][bad_slice] = np.full(hf["kspace"].shape[1:], np.nan, dtype=hf["kspace"].dtype)
     dirs = {**synth_dirs, "train": train}
-    args = common(dirs, tmp_path / "run", "train.max_steps=2", "data.check_on_start=false", "data.max_val_volumes=1")
+    args = common(dirs, tmp_path / "run", "train.max_steps=2", "data.check_on_start=false", *NO_EVAL)
     proc = start(args, tmp_path / "log.txt")
     assert finish(proc, 150) == 0, tail(proc)
     rows = rows_of(tmp_path / "run")

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from trainrun import ROOT, common, env, ok, run_single, train_rows
+from trainrun import NO_EVAL, ROOT, common, env, ok, run_single, train_rows
 
 from varnet_ds.distributed import DistInfo
 from varnet_ds.exits import EXIT_BAD_DATA
@@ -144,7 +144,7 @@ def offload_run(synth_dirs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("offload")
     dirs = _copy_data(synth_dirs, tmp)
     (dirs["train"] / "file_broken.h5").write_bytes(b"this is not an HDF5 file")
-    args = common(dirs, tmp / "run", "train.max_steps=3", "data.skip_bad_files=true", "data.max_val_volumes=1")
+    args = common(dirs, tmp / "run", "train.max_steps=3", "data.skip_bad_files=true", *NO_EVAL)
     overrides = args[4:]
     proc = subprocess.run([sys.executable, "-c", INF_GRAD_SCRIPT, str(ROOT / "ds_configs" / "zero2_offload.json"),
                            *overrides], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model.num_cascades=2", "model.chans=4", "model.pools=2", "model.sens_chans=2", "model.sens_pools=2",
         "model.checkpointing=cascades"]  # real-process tests keep exercising activation checkpointing
+NO_EVAL = ["data.val_path=null", "data.transfer_path=null"]  # for runs whose tests look at training only
 
 
 def env():
