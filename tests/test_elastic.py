@@ -70,14 +70,14 @@ CHAIN = [(2, 2), (1, 6), (2, 10)]  # (ranks, train.max_steps)
 SAMPLES_PER_EPOCH = 9  # conftest: 3 knee volumes x 3 slices
 
 
-def launch(script, ranks, args, timeout=400):
+def launch(script, ranks, args, timeout=400, port=None):
     import subprocess
 
     if ranks == 1:
         cmd = [sys.executable, str(script), *args]
     else:
         launcher = Path(sys.executable).parent / "deepspeed"
-        cmd = [str(launcher), "--num_gpus", str(ranks), "--master_port", str(free_port()), str(script), *args]
+        cmd = [str(launcher), "--num_gpus", str(ranks), "--master_port", str(port or free_port()), str(script), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -115,7 +115,7 @@ def chain(synth_dirs, tmp_path_factory):
     script.write_text(RECORDER)
     runs = []
     for i, (ranks, max_steps) in enumerate(CHAIN):
-        info = {"ranks": ranks}
+        info = {"ranks": ranks, "port": free_port()}
         if i:
             tag = ckpt.find_latest(root)
             info.update(tag=tag, saved=saved_optimizer(root, tag), meta=ckpt.read_meta(root, tag))
@@ -131,7 +131,7 @@ def chain(synth_dirs, tmp_path_factory):
             info["source_digest"] = tree_digest(root / tag)
         # no validation sets: evaluation plays no part here and costs CPU time
         info["proc"] = launch(script, ranks, common(synth_dirs, run_dir, f"train.max_steps={max_steps}",
-                                                    *NO_EVAL))
+                                                    *NO_EVAL), port=info["port"])
         ok(info["proc"])
         runs.append(info)
     return run_dir, runs
@@ -168,12 +168,21 @@ def test_adam_state_after_each_switch_equals_the_saved_one(chain):
 
 
 def test_switch_continues_like_the_native_run_with_the_same_global_batch(chain, one_rank):
-    """Steps 1-2 on 2 ranks, then 3-4 on 1 rank from the universal checkpoint == the session's 1-process run
-    (grad_accum 2, same global batch 2) step for step: Adam's state, the schedule and the data order carried over."""
+    """Steps 1-2 on 2 ZeRO-2 ranks, then 3-4 on 1 rank from the universal checkpoint == the session's 1-process run
+    (grad_accum 2, same global batch 2) step for step, losses equal to the bit: 2 ranks train like 1 rank with
+    grad_accum 2, and Adam's state, the schedule and the data order carried over."""
     run_dir, _ = chain
     ref = {r["step"]: r["loss"] for r in train_rows(one_rank)}
     got = {r["step"]: r["loss"] for r in train_rows(run_dir)}
     assert [got[s] for s in (1, 2, 3, 4)] == [ref[s] for s in (1, 2, 3, 4)]
+
+
+def test_two_rank_runs_leave_no_shared_memory_behind(chain):
+    """DeepSpeed's CPU all-reduce maps ~69 MB of /dev/shm per rank; every rank unlinks its own after start-up."""
+    _, runs = chain
+    for info in runs:
+        leftover = [p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{info['port']}_*")]
+        assert not leftover, (info["ranks"], leftover)
 
 
 def test_no_sample_skipped_or_repeated_in_interrupted_epochs(chain):

@@ -1,7 +1,7 @@
-"""The real DeepSpeed path on CPU: ZeRO-2 on 1 vs 2 ranks, ZeRO-1, init weights, consolidated weights, a rerun.
+"""The real DeepSpeed path on CPU, one process: the run folder, consolidated weights, ZeRO-1, init weights, a rerun.
 
-These tests start real processes (``python varnet_ds/train.py`` and the ``deepspeed`` launcher with 2 CPU ranks),
-so they are marked slow; ``make test`` runs them.
+These tests start real processes (``python varnet_ds/train.py``), so they are marked slow; ``make test`` runs them.
+2 ranks against 1 (same global batch): ``tests/test_elastic.py``; 2 ranks across epochs: ``tests/test_epochs.py``.
 """
 
 import json
@@ -9,31 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainrun import NO_EVAL, ROOT, TINY, common, free_port, ok, run_deepspeed, run_single, train_rows
+from trainrun import NO_EVAL, ROOT, TINY, common, ok, run_single, train_rows
 
 pytestmark = pytest.mark.slow
-
-
-def test_two_rank_zero2_matches_one_rank(one_rank, synth_dirs, tmp_path):
-    port = free_port()
-    proc = run_deepspeed(common(synth_dirs, tmp_path, "train.grad_accum=1", "train.max_steps=4", *NO_EVAL), port=port)
-    ok(proc)
-    # DeepSpeed's CPU all-reduce buffers (/dev/shm, ~69 MB per rank) are unlinked, not left behind
-    leftover = [p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")]
-    assert not leftover, leftover
-    a, b = train_rows(one_rank), train_rows(tmp_path)
-    assert [r["step"] for r in a] == [1, 2, 3, 4] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4, abs=1e-6), (ra, rb)
-    assert a[0]["loss"] != a[-1]["loss"]
-    wa = torch.load(one_rank / "model_fp32.pt", weights_only=False)["state_dict"]
-    wb = torch.load(tmp_path / "model_fp32.pt", weights_only=False)["state_dict"]
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4), k
-    # every rank saved its ZeRO shard
-    tag = (tmp_path / "checkpoints" / "latest").read_text().strip()
-    shards = sorted(p.name for p in (tmp_path / "checkpoints" / tag).glob("*optim_states.pt"))
-    assert len(shards) == 2, shards
 
 
 def test_run_folder_and_consolidated_weights(one_rank):
