@@ -2,10 +2,10 @@
 
 A slot runs one training job at a time: on a GPU node under the DeepSpeed launcher with ``--include localhost:IDS``
 (K GPUs, K ranks, its own ``--master_port``); on a CPU box as one plain ``train.py`` process (world size 1, a free
-port of its own) with ``OMP_NUM_THREADS = cores // slots`` (for one rank the launcher would only add two Python
-processes, about 7 s of start-up on 2 cores). Every job writes its output to ``OUT_DIR/train.log`` and keeps running
-when another fails. SIGTERM or SIGINT to the runner is forwarded to the training processes of the running jobs
-(they checkpoint and exit with the requeue code).
+port of its own) with ``OMP_NUM_THREADS = cores // slots``: for one rank the launcher would only add two Python
+processes importing DeepSpeed, ~7 s of CPU on the 2-core box. Every job writes its output to ``OUT_DIR/train.log``
+and keeps running when another fails. SIGTERM or SIGINT to the runner is forwarded to the training processes of the
+running jobs (they checkpoint and exit with the requeue code).
 """
 
 from __future__ import annotations
