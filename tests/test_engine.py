@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainrun import NO_EVAL, ROOT, TINY, common, ok, run_single, train_rows
+from trainrun import NO_EVAL, ROOT, TINY, common, ok, run_poisoned, run_single, train_rows
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +36,20 @@ def test_run_folder_and_consolidated_weights(one_rank):
     assert (one_rank / "checkpoints" / "latest").is_file()
 
 
-def test_init_weights_from_consolidated_under_zero1(one_rank, synth_dirs, tmp_path):
-    """A run started from trained weights, and the other shipped DeepSpeed config (ZeRO-1) in the same launch."""
+def test_init_weights_under_zero1_and_a_nonfinite_gradient_skipped(one_rank, synth_dirs, tmp_path):
+    """One launch: trained weights as the start, the other shipped DeepSpeed config (ZeRO-1), an infinite gradient in
+    step 2 (skipped by the ZeRO optimizer; under CPU offload: tests/test_faults.py)."""
     weights = one_rank / "model_fp32.pt"
-    args = common(synth_dirs, tmp_path, "train.max_steps=2", *NO_EVAL, f"train.init_weights={weights}")
+    args = common(synth_dirs, tmp_path, "train.max_steps=3", *NO_EVAL, f"train.init_weights={weights}")
     args[1] = str(ROOT / "ds_configs" / "zero1.json")
-    ok(run_single(args))
+    ok(run_poisoned(args))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     (start,) = [r for r in rows if r.get("event") == "start"]
-    assert (start["zero_stage"], start["offload_optimizer"], Path(start["ds_config"]).name) == (1, False, "zero1.json")
-    assert [r["step"] for r in train_rows(tmp_path)] == [1, 2]
+    assert (start["zero_stage"], start["offload_optimizer"], Path(start["ds_config"]).name) == (1, "none", "zero1.json")
+    assert [r["step"] for r in train_rows(tmp_path)] == [1, 3]  # step 2 consumed, not applied or logged
+    assert len([r for r in rows if r.get("event") == "nonfinite_grad_skipped"]) == 1
+    assert all(torch.isfinite(v).all() for v in torch.load(tmp_path / "model_fp32.pt", weights_only=False)[
+        "state_dict"].values())
     fresh = train_rows(one_rank)[0]["loss"]
     assert train_rows(tmp_path)[0]["loss"] != pytest.approx(fresh, rel=1e-6)  # trained weights, not from scratch
 

@@ -5,7 +5,10 @@ agreement on a stop signal or a non-finite loss seen by one rank only.
 Data: the session's 9 knee slices; 2 ranks x data.batch_size 1 give 5 steps per epoch (the 10th sample is
 DistributedSampler's padding), so 3 epochs are steps 1-15 with boundaries after steps 5, 10 and 15.
 
-Five launches of the ``deepspeed`` launcher, each about 20-35 s of CPU:
+Five 2-rank starts, each about 20-35 s of CPU. Only A goes through the ``deepspeed`` launcher (its kill -9 is about
+the launcher ending the other rank); the others start the ranks as ``launch/slurm.sbatch``'s srun line does
+(``tests/srun_ranks.sh``: RANK/LOCAL_RANK/WORLD_SIZE in the environment), so the chain also crosses from one way of
+starting to the other:
 
 - ``reference``: uninterrupted, 3 epochs, StepLR step 2 (lr decays for epoch 2), evaluation after every epoch,
   a checkpoint every 5 steps (= at every epoch boundary).
@@ -61,7 +64,7 @@ def untimed(rows):
 @pytest.fixture(scope="module")
 def reference(synth_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("epochs_reference")
-    proc = start(common(synth_dirs, out / "run", *EPOCH_ARGS), out / "log.txt")
+    proc = start(common(synth_dirs, out / "run", *EPOCH_ARGS), out / "log.txt", launcher=False)
     assert finish(proc, 300) == 0, tail(proc)
     return out / "run"
 
@@ -89,7 +92,7 @@ def chain(synth_dirs, tmp_path_factory):
     assert not (run / "model_fp32.pt").exists()
 
     # B: resumes at the boundary; SIGUSR1 to rank 1 only once it trains in epoch 1
-    proc = start(args, out / "log_b.txt")
+    proc = start(args, out / "log_b.txt", launcher=False)
 
     def training_after_resume():
         rows = rows_of(run)
@@ -108,7 +111,7 @@ def chain(synth_dirs, tmp_path_factory):
     info["stop_files"] = sorted(p.name for p in (run / "checkpoints" / stop_tag).iterdir())
 
     # C: resumes mid-epoch 1 and runs to the end
-    proc = start(args, out / "log_c.txt")
+    proc = start(args, out / "log_c.txt", launcher=False)
     assert finish(proc, 300) == 0, tail(proc)
     return info
 
@@ -206,7 +209,7 @@ def test_nonfinite_loss_on_one_rank_is_skipped_by_both(synth_dirs, tmp_path):
         hf["kspace"][bad_slice] = np.full(hf["kspace"].shape[1:], np.nan, dtype=hf["kspace"].dtype)
     dirs = {**synth_dirs, "train": train}
     args = common(dirs, tmp_path / "run", "train.max_steps=2", "data.check_on_start=false", *NO_EVAL)
-    proc = start(args, tmp_path / "log.txt")
+    proc = start(args, tmp_path / "log.txt", launcher=False)
     assert finish(proc, 150) == 0, tail(proc)
     rows = rows_of(tmp_path / "run")
     skipped = [r for r in rows if r.get("event") == "nonfinite_loss_skipped"]

@@ -2,7 +2,8 @@
 next evaluation batch, abandon it, checkpoint with the evaluation pending and exit 75; the rerun does that evaluation
 first and every evaluation and step ends up logged exactly once.
 
-Two launches: the interrupted run (SIGTERM to rank 0 only, once rank 0 announced the first evaluation) and its rerun.
+Two 2-rank starts as SLURM's srun makes them (``tests/srun_ranks.sh``; ``launch/slurm.sbatch`` is where preemption
+happens): the interrupted run (SIGTERM to rank 0 only, once rank 0 announced the first evaluation) and its rerun.
 The evaluation is made long enough to be caught (the 3 train volumes as knee val, 4 acceleration passes per split).
 """
 
@@ -23,7 +24,7 @@ def test_signal_during_evaluation_abandons_it_and_the_rerun_evaluates_first(synt
     args = common(dirs, tmp_path / "run", "train.epochs=2", "eval.every_epochs=1", *PAIRS,
                   "train.checkpoint_every_steps=100")
     log, marker = tmp_path / "a.txt", tmp_path / "job.preempted"
-    proc = start(args, log, VARNET_DS_PREEMPT_MARKER=str(marker))
+    proc = start(args, log, launcher=False, VARNET_DS_PREEMPT_MARKER=str(marker))
     wait_until(lambda: "evaluating val_knee" in log.read_text(), proc)
     rank0 = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank=0" in " ".join(p.cmdline())]
     assert len(rank0) == 1, rank0
@@ -36,7 +37,7 @@ def test_signal_during_evaluation_abandons_it_and_the_rerun_evaluates_first(synt
     assert not [r for r in rows if r["split"] in ("val_knee", "val_brain")]
     assert marker.read_text().strip().endswith(preempted["tag"])  # launch/slurm.sbatch requeues on this file
 
-    proc = start(args, tmp_path / "b.txt")
+    proc = start(args, tmp_path / "b.txt", launcher=False)
     assert finish(proc, 200) == 0, tail(proc)
     rows = rows_of(tmp_path / "run")
     assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, 11))

@@ -188,35 +188,41 @@ job = Path(sys.argv[1])
 print("failed", launch_all([("job", [str(job)], job.parent / "run")], [Slot(None, 1, 1)], print), flush=True)
 """
 FAKE_TRAINING = """
-import signal, sys, time
+import os, signal, sys, time
 from pathlib import Path
 out = Path(__file__).parent / "run"
 def stop(signum, frame):
     (out / "signal").write_text(str(signum))
     sys.exit(75)  # EXIT_REQUEUE: checkpoint written
 signal.signal(signal.SIGTERM, stop)
-(out / "started").write_text("")
+(out / "started").write_text(str(os.getpid()))
 time.sleep(60)
 """
 
 
 def test_sigterm_to_the_runner_reaches_a_cpu_run(tmp_path):
+    import os
     import signal
     import time
+
+    import psutil
 
     job = tmp_path / "fake_train.py"
     job.write_text(FAKE_TRAINING)
     runner = subprocess.Popen([sys.executable, "-c", FORWARDING_RUNNER, str(job)], cwd=ROOT, env=env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = tmp_path / "run" / "started"
     try:
         t0 = time.time()
-        while not (tmp_path / "run" / "started").exists():
-            assert runner.poll() is None and time.time() - t0 < 60, runner.communicate()
+        while not (started.exists() and started.read_text()):
+            assert runner.poll() is None and time.time() - t0 < 60, "the fake job did not start"
             time.sleep(0.05)
         runner.send_signal(signal.SIGTERM)
         out, err = runner.communicate(timeout=30)
     finally:
         runner.kill()
+        if started.exists() and started.read_text() and psutil.pid_exists(int(started.read_text())):
+            os.kill(int(started.read_text()), signal.SIGKILL)  # a job the runner failed to stop
     assert (tmp_path / "run" / "signal").read_text() == str(int(signal.SIGTERM)), out + err  # forwarded
     assert "preempted job" in out and "failed {'job': 75}" in out, out + err
 

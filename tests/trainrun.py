@@ -44,6 +44,29 @@ def run_deepspeed(args, nproc=2, timeout=400, port=None):
     return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
+POISONED_TRAIN = """
+import sys, torch
+from varnet_ds.config import load_config
+from varnet_ds.distributed import init_distributed
+from varnet_ds.trainer.build import build_trainer
+cfg = load_config("demo", sys.argv[2:])
+trainer = build_trainer(cfg, sys.argv[1], init_distributed())
+calls = {"n": 0}
+def poison(grad):  # the 2nd backward gets an infinite gradient, the loss stays finite
+    calls["n"] += 1
+    return torch.full_like(grad, float("inf")) if calls["n"] == 2 else grad
+next(trainer.engine.module.parameters()).register_hook(poison)
+sys.exit(trainer.fit())
+"""
+
+
+def run_poisoned(args, timeout=300):
+    """One process like ``train.py`` (``args`` as :func:`common` builds them), with an infinite gradient in the 2nd
+    backward: the ZeRO optimizer must skip that step."""
+    cmd = [sys.executable, "-c", POISONED_TRAIN, args[1], *args[4:]]
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
 def free_port():
     from varnet_ds.distributed import free_port
 
@@ -63,10 +86,15 @@ def train_rows(run_dir):
 # ------------------------------------------------------------------ 2-rank runs in their own process group
 
 
-def start(args, log_path, **extra_env):
-    """The deepspeed launcher with 2 CPU ranks, in its own process group (killed as a whole)."""
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-           str(ROOT / "varnet_ds" / "train.py"), *args]
+def start(args, log_path, launcher=True, **extra_env):
+    """2 CPU ranks in their own process group (killed as a whole): under the deepspeed launcher, or (launcher=False)
+    started as srun starts them (``tests/srun_ranks.sh``: the environment only, as ``launch/slurm.sbatch``)."""
+    train = [str(ROOT / "varnet_ds" / "train.py"), *args]
+    if launcher:
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+               *train]
+    else:
+        cmd = ["bash", str(ROOT / "tests" / "srun_ranks.sh"), "2", str(free_port()), sys.executable, *train]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**env(), **extra_env}, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -1,7 +1,7 @@
 """Memory/speed benchmark: the plain-PyTorch fp32 reference vs our engine's policies, in ONE process.
 
     python -m varnet_ds.bench --shape knee --steps 10 --repeat-reference   # GPU: the README table
-    ... --json (one JSON document on stdout) | --json-out FILE (the table on stdout, the document in FILE)
+    ... --json: one JSON document on stdout instead of the table; --json-out FILE: the document in FILE too
     python -m varnet_ds.bench --shape 64x48x4 --cascades 2 --chans 8 --steps 2   # CPU smoke run
     python -m varnet_ds.bench --plan 2.0 --shape knee                    # memory planner (CUDA only)
     python -m varnet_ds.bench --comms --step-time 0.23                   # ZeRO-2 multi-GPU on paper
@@ -43,7 +43,7 @@ import torch
 from fastmri.models import VarNet
 
 from varnet_ds.config import CHECKPOINTING, FASTMRI_SIZES, PRECISIONS, SIZE_KEYS
-from varnet_ds.files import atomic_write_json
+from varnet_ds.files import atomic_write_json, strict_json
 from varnet_ds.model.varnet import SENS_CHECKPOINTED, count_parameters
 from varnet_ds.profiling.benchmark import DS_DIR, REFERENCE, bench_augment_rows, run
 from varnet_ds.system import versions
@@ -267,7 +267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json_out is not None:
         atomic_write_json(args.json_out, doc)
     if args.json:
-        print(json.dumps(doc))
+        print(json.dumps(strict_json(doc)))  # the same document as --json-out (NaN -> null)
     else:
         print("\n".join(text))
     if rc and not args.json:

@@ -51,9 +51,15 @@ class Slot:
         return [ds, *where, "--master_port", str(free_port())]
 
     def env(self) -> Dict[str, str]:
+        """The job's environment; a :attr:`direct` job gets a world of its own (a fresh master port, no inherited
+        rank variables, which would make it wait for ranks that never come)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.gpus is None:
             env["OMP_NUM_THREADS"] = str(self.threads)
+        if self.direct:
+            for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE"):
+                env.pop(key, None)
+            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         return env
 
     def describe(self, count: int) -> str:

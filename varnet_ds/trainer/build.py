@@ -77,8 +77,10 @@ def build_trainer(cfg: DictConfig, ds_config_path: str, dist: DistInfo) -> Train
     tracker = Tracker(cfg, run_dir, dist.rank, resume_id=saved.get("wandb_id") if saved else None,
                       wandb=not complete)
     if not complete:
-        zero = {"ds_config": str(ds_config_path), "zero_stage": engine.zero_optimization_stage(),
-                "offload_optimizer": bool(engine.zero_cpu_offload())}
+        offload = engine.zero_offload_optimizer()  # None, or its config with device none | cpu | nvme
+        device = "none" if offload is None else str(getattr(offload.device, "value", offload.device))
+        zero = {"ds_config": str(Path(ds_config_path).resolve()), "zero_stage": engine.zero_optimization_stage(),
+                "offload_optimizer": device}
         _log_start(tracker, state, saved, resume_plan, data, dist, dict(parameters=count_parameters(model), **zero),
                    config_changes, plan_row, bad_files)
     return Trainer(cfg, dist, engine=engine, optimizer=ds_optimizer, scheduler=scheduler,
