@@ -3,9 +3,9 @@
 1. simulate the demo data (procedural phantom knees for train/val, real-anatomy Colin27 brains with simulated
    coils for transfer, 4 acquisitions) into ``runs/demo-data``;
 2. run the study (``python -m varnet_ds.study``): baseline and MRAugment, identical except for ``aug.enabled``,
-   seeds 1, 2, 3, each run under the DeepSpeed launcher with ``varnet_ds/conf/demo.yaml`` into
-   ``runs/demo/<arm>-s<seed>``; on a CPU box 1-rank runs side by side (one per core), on a GPU node one run per
-   GPU side by side; then ``analysis/study.py`` writes ``runs/demo/report/study.json``, ``per_volume.csv`` and
+   seeds 1, 2, 3, each run with ``varnet_ds/conf/demo.yaml`` into ``runs/demo/<arm>-s<seed>``; on a CPU box 1-rank
+   runs side by side (one plain ``train.py`` process per core), on a GPU node one run per GPU side by side (the
+   DeepSpeed launcher); then ``analysis/study.py`` writes ``runs/demo/report/study.json``, ``per_volume.csv`` and
    the seed figure;
 3. reconstruct the brain set with seed 1 of each arm (``varnet_ds.evaluate``) for the report's panels;
 4. write the comparison report (``analysis/compare.py runs/demo``) and the W&B Report spec (dry run) into
