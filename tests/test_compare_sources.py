@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,21 +121,17 @@ def test_wandb_without_api_key_fails_clearly(tmp_path, monkeypatch, capsys):
 
 
 def _chromium() -> str:
-    """Path of Debian's chromium; installed with apt-get (as root) when missing, failing loudly otherwise."""
+    """Path of Debian's chromium (``make install`` installs it; a run whose venv predates that installs it here, with
+    the same script), failing loudly when it cannot be had."""
     exe = Path("/usr/bin/chromium")
-    if exe.is_file():
-        return str(exe)
-    if os.geteuid() != 0:
-        pytest.fail("/usr/bin/chromium is missing and the test is not root: run `apt-get install -y chromium`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log = []
-    for cmd in (["apt-get", "install", "-y", "chromium"], ["apt-get", "update"],
-                ["apt-get", "install", "-y", "chromium"]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
-        log.append(f"$ {' '.join(cmd)} -> {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        if cmd[1] == "install" and proc.returncode == 0 and exe.is_file():
-            return str(exe)
-    pytest.fail("could not install chromium with apt-get:\n" + "\n".join(log))
+    if not exe.is_file():
+        script = Path(__file__).resolve().parents[1] / "scripts" / "install_apt.sh"
+        proc = subprocess.run(["bash", str(script), "chromium", str(exe), "no Chromium"], capture_output=True,
+                              text=True, timeout=1200)
+        if not exe.is_file():
+            pytest.fail(f"/usr/bin/chromium is missing and could not be installed: {proc.stdout.strip()} "
+                        "(run `apt-get install -y chromium` as root)")
+    return str(exe)
 
 
 def test_report_html_renders_in_headless_chromium(report, tmp_path):

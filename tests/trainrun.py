@@ -37,13 +37,6 @@ def run_single(args, timeout=300):
     return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
-def run_deepspeed(args, nproc=2, timeout=400, port=None):
-    launcher = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(launcher), "--num_gpus", str(nproc), "--master_port", str(port or free_port()),
-           str(ROOT / "varnet_ds" / "train.py"), *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
-
-
 POISONED_TRAIN = """
 import sys, torch
 from varnet_ds.config import load_config
