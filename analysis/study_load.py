@@ -9,7 +9,9 @@ Layout::
         val_{knee,brain}_per_volume_selected.csv   (selected weights: best knee val SSIM)
         selected.json                              ({"step", "epoch", "criterion", "value"})
 
-A run is finished when all four CSVs exist. Reads files only; never imports ``varnet_ds``.
+A run is finished when its ``FINISHED`` marker says so (``varnet_ds.run_folder``, the one definition the study
+runner and the W&B report read too); a study also needs its four CSVs. Reads files only; from the package it
+imports only the torch-free ``varnet_ds.run_folder``.
 """
 
 from __future__ import annotations
@@ -23,22 +25,15 @@ import yaml
 
 from analysis.checks import flatten
 from analysis.runs import CompareError, Run, VolumeRow, load_run, read_per_volume
+from varnet_ds import run_folder
+from varnet_ds.run_folder import CHECKPOINT_KINDS as CHECKPOINTS
+from varnet_ds.run_folder import run_name as run_folder_name
+from varnet_ds.run_folder import table_name
 
-CHECKPOINTS = ("selected", "final")
 STUDY_SPLITS = ("val_brain", "val_knee")
 # Config keys allowed to differ between the runs of a study (besides each arm's override keys).
 RUN_KEYS = ("run.seed", "run.name", "run.arm", "run.out_dir", "run.resume")
 RUN_PREFIXES = ("log",)
-
-
-def table_name(split: str, checkpoint: str) -> str:
-    """File name of a run's per-volume table: ``val_brain_per_volume.csv`` (final) or ``..._selected.csv``."""
-    return f"{split}_per_volume{'_selected' if checkpoint == 'selected' else ''}.csv"
-
-
-def run_folder_name(arm: str, seed: int) -> str:
-    """``<arm>-s<seed>``: the folder (and label) of one run of the study."""
-    return f"{arm}-s{seed}"
 
 
 @dataclass
@@ -166,6 +161,13 @@ def _load_study_run(folder: Path, arm: str, seed: int) -> StudyRun:
     return StudyRun(arm, seed, run, tables, selected)
 
 
+def _finished(folder: Path) -> bool:
+    try:
+        return run_folder.is_finished(folder)
+    except run_folder.RunFolderError as err:
+        raise CompareError(str(err)) from None
+
+
 def _missing_files(folder: Path) -> List[str]:
     return [table_name(s, c) for c in CHECKPOINTS for s in STUDY_SPLITS if not (folder / table_name(s, c)).is_file()]
 
@@ -226,6 +228,8 @@ def load_study(folder: Path | str) -> Study:
             run_dir = folder / run_folder_name(arm, seed)
             if not run_dir.is_dir():
                 missing.append(f"{run_dir.name} (no folder)")
+            elif not _finished(run_dir):
+                missing.append(f"{run_dir.name} (unfinished: no {run_folder.FINISHED} marker)")
             elif _missing_files(run_dir):
                 missing.append(f"{run_dir.name} (missing {', '.join(_missing_files(run_dir))})")
             else:
@@ -235,7 +239,7 @@ def load_study(folder: Path | str) -> Study:
                            f"{', '.join(run_folder_name(a, s) for a in arms for s in seeds)})")
     if missing:
         raise CompareError(f"{folder}: {len(missing)} run(s) of study.yaml are missing or unfinished: "
-                           + ", ".join(missing))
+                           + ", ".join(missing) + "; rerun the study command to complete them")
     runs = {(arm, seed): _load_study_run(run_dir, arm, seed) for arm, seed, run_dir in finished}
     ordered = [runs[(a, s)] for a in arms for s in seeds]
     check_configs(ordered, arms, folder)

@@ -35,6 +35,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.runs import CompareError, cfg_get, parse_metrics, read_config  # noqa: E402
+from varnet_ds import run_folder  # noqa: E402  (torch-free: the run folder format)
 
 STEP_KEY, EPOCH_KEY = "trainer/step", "trainer/epoch"
 EPOCH_PLOTS = (("Knee validation SSIM", "val_knee/ssim"), ("Brain (transfer) SSIM", "val_brain/ssim"),
@@ -119,13 +120,15 @@ def load_study(runs_dir: Path, name: str) -> Study:
         if not isinstance(summary, dict) or not isinstance(summary.get("arms"), dict):
             raise ReportError(f"{study_json}: expected an object with 'arms'")
     try:
-        runs = [_run_from_folder(p.parent) for p in sorted(folder.glob("*/metrics.jsonl"))]
+        runs = [_run_from_folder(p.parent) for p in sorted(folder.glob("*/metrics.jsonl"))
+                if run_folder.is_finished(p.parent)]  # the one definition of a finished run
     except (CompareError, OSError, ValueError) as err:
         raise ReportError(str(err).splitlines()[0]) from None
     listed = [r for arm in (summary or {}).get("arms", {}).values() if isinstance(arm, dict)
               for r in arm.get("runs", [])]
     if not runs and not listed:
-        raise ReportError(f"study {name!r} has no runs: no {folder}/*/metrics.jsonl and no runs in study.json")
+        raise ReportError(f"study {name!r} has no runs: no finished {folder}/*/ (with {run_folder.FINISHED}) and no "
+                          "runs in study.json")
     return Study(name, folder, summary, runs)
 
 

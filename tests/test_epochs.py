@@ -12,12 +12,15 @@ starting to the other:
 
 - ``reference``: uninterrupted, 3 epochs, StepLR step 2 (lr decays for epoch 2), evaluation after every epoch,
   a checkpoint every 5 steps (= at every epoch boundary).
-- ``chain``, the same command 3 times in one run folder:
+- ``chain``, the same command 3 times in one run folder with ``train.max_steps=10``, then extended:
   A. kill -9 of rank 1 only once a train row past the step-5 checkpoint is written (rows to roll back); the
      launcher takes rank 0 down;
   B. resumes exactly at the epoch boundary (checkpoint 5: end of epoch 0); SIGUSR1 to rank 1 only, mid-epoch 1:
      both ranks checkpoint the same step and exit 75 (requeue);
-  C. resumes mid-epoch 1 and runs to the end; compared with ``reference`` bit for bit.
+  C. resumes mid-epoch 1 and finishes at max_steps 10, the last step of epoch 1 (final evaluation, FINISHED);
+  D. the same command without max_steps (a documented extension): resumes at that epoch boundary, must not score
+     the step-10 weights again, and runs to the end; compared with ``reference`` bit for bit, every evaluation
+     once and labelled with the epoch of the weights it scores, as in the uninterrupted run.
 - ``test_nonfinite_loss_on_one_rank_is_skipped_by_both``: one NaN slice that only rank 1 trains on.
 """
 
@@ -73,7 +76,7 @@ def reference(synth_dirs, tmp_path_factory):
 def chain(synth_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("epochs_chain")
     run = out / "run"
-    args = common(synth_dirs, run, *EPOCH_ARGS)
+    args = common(synth_dirs, run, *EPOCH_ARGS, "train.max_steps=10")
     info = {"run": run}
 
     # A: kill -9 of rank 1 only (a lost node) after a train row past the step-5 checkpoint (end of epoch 0) was
@@ -110,8 +113,13 @@ def chain(synth_dirs, tmp_path_factory):
     info["stop_tag"], info["stop_meta"] = stop_tag, complete_meta(run, int(stop_tag[len("step"):]))
     info["stop_files"] = sorted(p.name for p in (run / "checkpoints" / stop_tag).iterdir())
 
-    # C: resumes mid-epoch 1 and runs to the end
+    # C: resumes mid-epoch 1 and finishes at step 10 (max_steps), the last step of epoch 1
     proc = start(args, out / "log_c.txt", launcher=False)
+    assert finish(proc, 300) == 0, tail(proc)
+    info["c_rows"], info["c_finished"] = rows_of(run), json.loads((run / "FINISHED").read_text())
+
+    # D: extended (no max_steps): resumes at the step-10 epoch boundary and runs to the end
+    proc = start(common(synth_dirs, run, *EPOCH_ARGS), out / "log_d.txt", launcher=False)
     assert finish(proc, 300) == 0, tail(proc)
     return info
 
@@ -135,6 +143,7 @@ def test_one_evaluation_per_epoch_at_its_last_step(reference):
     for split in ("val_knee", "val_brain"):
         overall = [r for r in rows if r["split"] == split and "acquisition" not in r and "acceleration" not in r]
         assert [r["step"] for r in overall] == last, split  # none skipped, none repeated by the final evaluation
+        assert [r["epoch"] for r in overall] == list(range(EPOCHS)), split  # the epoch of the weights scored
         per_step = Counter(r["step"] for r in rows if r["split"] == split)
         assert sorted(per_step) == last and len(set(per_step.values())) == 1, per_step  # whole sets only
 
@@ -151,7 +160,7 @@ def test_resume_at_boundary_and_mid_epoch_is_bit_identical(reference, chain):
     assert stop["epoch"] == 1 and 5 < stop["step"] < 10 and stop["samples_in_epoch"] == 2 * (stop["step"] - 5)
     resumes = [r for r in rows_of(run) if r.get("event") == "resume"]
     assert [(r["step"], r["epoch"], r["tag"]) for r in resumes] == [
-        (5, 0, tag(5)), (stop["step"], 1, tag(stop["step"]))]
+        (5, 0, tag(5)), (stop["step"], 1, tag(stop["step"])), (10, 1, tag(10))]
 
     ref = [r for r in rows_of(reference) if r["split"] == "train"]
     got = [r for r in rows_of(run) if r["split"] == "train"]
@@ -176,8 +185,31 @@ def test_rows_after_the_checkpoint_are_rolled_back(reference, chain):
     rows = rows_of(chain["run"])
     first_resume = next(r for r in rows if r.get("event") == "resume")
     assert first_resume["rows_rolled_back"] == len(past)
-    # each row once, equal to the uninterrupted run's rows (evaluations, best-model events, end) up to timings
-    assert untimed(r for r in rows if r.get("event") != "resume") == untimed(rows_of(reference))
+    # each row once, equal to the uninterrupted run's rows (evaluations, best-model events) up to timings
+    assert comparable(rows) == comparable(rows_of(reference))
+
+
+def comparable(rows):
+    """Rows up to timings, without the events that only the chain has (resume, the extension's config change)."""
+    return untimed(r for r in rows if r.get("event") not in ("resume", "config_changed"))
+
+
+def test_extension_never_scores_the_same_weights_twice(reference, chain):
+    """C finished at step 10 (FINISHED written last, for max_steps 10); D resumed at that epoch boundary: the end-of-
+    epoch evaluation of the step-10 weights is C's final one, kept once with the same label as in the reference."""
+    assert (chain["c_finished"]["step"], chain["c_finished"]["max_steps"]) == (10, 10)
+    finished = json.loads((chain["run"] / "FINISHED").read_text())
+    assert (finished["step"], finished["epoch"], finished["max_steps"]) == (15, 2, None)
+    evals = Counter((r["step"], r["split"]) for r in rows_of(chain["run"])
+                    if r["split"].startswith("val_") and "acquisition" not in r and "acceleration" not in r)
+    assert evals == Counter({(s, split): 1 for s in (5, 10, 15) for split in ("val_knee", "val_brain")}), evals
+    c_evals = [(r["step"], r["epoch"]) for r in chain["c_rows"] if r["split"] == "val_knee"
+               and "acquisition" not in r and "acceleration" not in r]
+    ref_evals = [(r["step"], r["epoch"]) for r in rows_of(reference) if r["split"] == "val_knee"
+                 and "acquisition" not in r and "acceleration" not in r]
+    assert c_evals == ref_evals[:2] == [(5, 0), (10, 1)]  # labelled alike whether the run stopped there or not
+    ends = [r["step"] for r in rows_of(chain["run"]) if r.get("event") == "end"]
+    assert ends == [15]  # C's end (after its step-10 checkpoint) was rolled back when D continued the run
 
 
 # ---------------------------------------------------------------- 5. rank agreement

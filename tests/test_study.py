@@ -113,6 +113,24 @@ def test_study_runs_skips_and_resumes(tmp_path, synth_dirs):
     assert again.returncode == 0 and "2 finished" in again.stdout and "start " not in again.stdout
     assert (study / "baseline-s5" / "metrics.jsonl").stat().st_mtime_ns == stamp  # finished runs untouched
 
+    # killed while writing its outputs (after the checkpoint that ends training, before FINISHED): the rerun
+    # completes it from that checkpoint without training or scoring anything again
+    run = study / "baseline-s5"
+    tables = {n: (run / n).read_text() for n in ("val_brain_per_volume.csv", "val_knee_per_volume_selected.csv")}
+    rows = (run / "metrics.jsonl").read_text()
+    for name in ("FINISHED", "model_fp32.pt", *tables):
+        (run / name).unlink()
+    again = _study(tmp_path, synth_dirs, "--set", "train.max_steps=3")
+    assert again.returncode == 0 and "1 finished" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "writing the outputs a stop interrupted" in (run / "train.log").read_text()
+    assert {n: (run / n).read_text() for n in tables} == tables and (run / "model_fp32.pt").is_file()
+    def untimed(text):
+        return [{k: v for k, v in json.loads(x).items() if k != "time"} for x in text.splitlines()]
+
+    redone = [r for r in untimed((run / "metrics.jsonl").read_text()) if r.get("event") != "resume"]
+    assert redone == untimed(rows)  # rows after the checkpoint rolled back: the end event logged again, once
+    assert json.loads((run / "FINISHED").read_text())["step"] == 3
+
     longer = _study(tmp_path, synth_dirs, "--set", "train.max_steps=5", "--no-analysis")
     assert longer.returncode == 0, longer.stdout[-3000:]
     assert "0 finished" in longer.stdout
@@ -227,16 +245,18 @@ def test_sigterm_to_the_runner_reaches_a_cpu_run(tmp_path):
     assert "preempted job" in out and "failed {'job': 75}" in out, out + err
 
 
-def test_extended_run_killed_before_its_end_is_not_finished(tmp_path):
-    import os
-
+def test_finished_is_the_marker_for_the_length_asked(tmp_path):
+    from varnet_ds.run_folder import write_finished
     from varnet_ds.study import is_finished
 
-    spec = _spec(seeds=[1])
+    spec = _spec(seeds=[1], overrides=["train.max_steps=3"])
     run = plan_runs(spec, tmp_path)[0]
     run.out_dir.mkdir(parents=True)
     save_config(load_config("demo", run.overrides), run.out_dir / "config.yaml")
     (run.out_dir / "model_fp32.pt").write_bytes(b"weights")
+    assert not is_finished(run, spec)  # every output but the marker: killed while finishing
+    epochs = load_config("demo", run.overrides).train.epochs
+    write_finished(run.out_dir, step=3, epoch=0, epochs=epochs, max_steps=3, files=["model_fp32.pt"])
     assert is_finished(run, spec)
-    os.utime(run.out_dir / "model_fp32.pt", (1, 1))  # config.yaml rewritten by a later (extending) start
-    assert not is_finished(run, spec)
+    longer = _spec(seeds=[1], overrides=["train.max_steps=5"])
+    assert not is_finished(plan_runs(longer, tmp_path)[0], longer)  # an extension asked for: not finished

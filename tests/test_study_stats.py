@@ -30,6 +30,7 @@ from analysis.runs import CompareError  # noqa: E402
 from analysis.study import build_study_report, main, update_readme  # noqa: E402
 from analysis.study_load import load_study  # noqa: E402
 from analysis.study_report import README_END, README_START  # noqa: E402
+from varnet_ds.run_folder import output_files, write_finished  # noqa: E402
 
 BRAIN_VOLS = [("file_brain_AXT1_0.h5", "AXT1"), ("file_brain_AXT1_1.h5", "AXT1"), ("file_brain_AXT2_2.h5", "AXT2"),
               ("file_brain_AXT2_3.h5", "AXT2"), ("file_brain_AXT2_4.h5", "AXT2")]
@@ -97,6 +98,7 @@ def write_study(root: Path, seeds: Sequence[int] = (1, 2, 3), arms: Sequence[str
                     _write_table(folder / f"{split}_per_volume{suffix}.csv", table)
             (folder / "selected.json").write_text(json.dumps({"step": 4, "epoch": seed, "criterion": "val_knee/ssim",
                                                               "value": 0.7}))
+            write_finished(folder, step=4, epoch=1, epochs=4, max_steps=None, files=output_files(folder))
     return root
 
 
@@ -247,9 +249,23 @@ def test_readme_without_markers_is_refused_and_untouched(built, tmp_path, capsys
 # ---------------------------------------------------------------------------------------------- refusals
 
 
+def test_finished_means_the_marker(tmp_path):
+    """Every output present but no FINISHED (killed while finishing): unfinished; a marker whose files are gone:
+    refused, naming the file."""
+    study = write_study(tmp_path / "s", seeds=(1, 2))
+    (study / "mraugment-s2" / "FINISHED").unlink()
+    with pytest.raises(CompareError, match=r"mraugment-s2 \(unfinished: no FINISHED marker\); rerun the study"):
+        load_study(study)
+    write_finished(study / "mraugment-s2", step=4, epoch=1, epochs=4, max_steps=None, files=["config.yaml"])
+    (study / "mraugment-s2" / "config.yaml").unlink()  # altered after it finished: the marker no longer holds
+    with pytest.raises(CompareError, match=r"mraugment-s2/FINISHED vouches for config.yaml, which is missing"):
+        load_study(study)
+
+
 def test_missing_run_is_named(tmp_path, capsys):
     study = write_study(tmp_path / "s", seeds=(1, 2))
     (study / "mraugment-s2" / "val_brain_per_volume_selected.csv").unlink()
+    write_finished(study / "mraugment-s2", step=4, epoch=1, epochs=4, max_steps=None, files=[])
     with pytest.raises(CompareError, match=r"mraugment-s2 \(missing val_brain_per_volume_selected.csv\)"):
         load_study(study)
     for f in (study / "baseline-s1").iterdir():

@@ -14,6 +14,7 @@ from test_tracking import _history, _wandb_records
 
 from analysis import wandb_report
 from varnet_ds.config import load_config, save_config
+from varnet_ds.run_folder import output_files, write_finished
 from varnet_ds.tracking.tracker import Tracker
 
 STUDY = "k2b-study"
@@ -56,6 +57,7 @@ def study_root(tmp_path_factory):
                                                                      "error")}
                         tracker.log_images(step, epoch, "val_brain", panels)
                 (run_dir / "selected.json").write_text(json.dumps({"step": 20, "epoch": 1, "value": knee + 0.01}))
+                write_finished(run_dir, step=30, epoch=2, epochs=3, max_steps=None, files=output_files(run_dir))
                 for hist in _history(_wandb_records(next((run_dir / "wandb").glob("offline-run-*/*.wandb")))):
                     logged |= set(hist)
     finally:

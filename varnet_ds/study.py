@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
+from varnet_ds import run_folder
 from varnet_ds.config import EXTENDABLE_KEYS, RESUMABLE_KEYS, ConfigError, check_rerun_config, load_config
 from varnet_ds.exits import EXIT_REQUEUE, EXIT_USAGE
 from varnet_ds.files import atomic_write_text
@@ -65,7 +66,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.arm}-s{self.seed}"
+        return run_folder.run_name(self.arm, self.seed)
 
 
 def _key(override: str) -> str:
@@ -109,29 +110,24 @@ def plan_runs(spec: StudySpec, runs_dir: Path) -> List[RunSpec]:
     runs: List[RunSpec] = []
     for arm in arms:
         for seed in spec.seeds:
-            out = runs_dir / spec.study / f"{arm}-s{seed}"
-            overrides = [*spec.overrides, *spec.arms[arm], f"run.seed={seed}", f"run.name={arm}-s{seed}",
+            name = run_folder.run_name(arm, seed)
+            out = runs_dir / spec.study / name
+            overrides = [*spec.overrides, *spec.arms[arm], f"run.seed={seed}", f"run.name={name}",
                          f"run.arm={arm}", f"run.out_dir={out}", f"log.wandb.group={spec.study}",
                          f"log.wandb.job_type={arm}"]
             try:
                 cfg = load_config(spec.config, overrides)
                 check_rerun_config(cfg, out / "config.yaml")
             except ConfigError as err:
-                raise ConfigError(f"run {arm}-s{seed}: {err}") from None
+                raise ConfigError(f"run {name}: {err}") from None
             runs.append(RunSpec(len(runs), arm, seed, out, overrides))
     return runs
 
 
 def is_finished(run: RunSpec, spec: StudySpec) -> bool:
-    """A run whose final weights exist and whose saved length (epochs / max_steps) is the one asked for."""
-    saved, final = run.out_dir / "config.yaml", run.out_dir / "model_fp32.pt"
-    if not final.is_file() or not saved.is_file():
-        return False
-    if final.stat().st_mtime < saved.stat().st_mtime:
-        return False  # an extended run (config rewritten when it started) that has not finished yet
+    """The run folder's ``FINISHED`` marker (``varnet_ds.run_folder``) is there, for the length asked for."""
     cfg = load_config(spec.config, run.overrides)
-    old = yaml.safe_load(saved.read_text(encoding="utf-8")).get("train", {})
-    return old.get("epochs") == cfg.train.epochs and old.get("max_steps") == cfg.train.max_steps
+    return run_folder.is_finished(run.out_dir, cfg.train.epochs, cfg.train.max_steps)
 
 
 def merge_saved(spec: StudySpec, path: Path) -> StudySpec:
@@ -227,7 +223,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           *runs[args.run_args].overrides]))
         return 0
     study_dir = args.runs_dir / spec.study
-    pending = [r for r in runs if not is_finished(r, spec)]
+    try:
+        pending = [r for r in runs if not is_finished(r, spec)]
+    except run_folder.RunFolderError as err:
+        print(f"varnet_ds.study: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     if args.analysis_only:
         if pending:
             print(f"varnet_ds.study: error: unfinished runs: {', '.join(r.name for r in pending)}", file=sys.stderr)

@@ -147,6 +147,26 @@ class Validator:
         self.last: Dict[str, EvalOutput] = {}
         self.last_step = -1
 
+    def state_dict(self) -> Optional[Dict[str, Any]]:
+        """The last evaluation as plain values (checkpoint ``client_state``): its step and per-volume results.
+
+        A checkpoint thus commits the evaluation it follows: a resumed run neither scores those weights again nor
+        needs them to write the final per-volume tables.
+        """
+        if not self.last:
+            return None
+        return {"step": self.last_step,
+                "volumes": {name: [list(v) for v in out.volumes] for name, out in self.last.items()}}
+
+    def restore(self, state: Optional[Dict[str, Any]]) -> None:
+        """Adopt a checkpoint's last evaluation (summary rows recomputed from its volumes; no image panels)."""
+        if not state:
+            return
+        self.last = {name: EvalOutput(rows=summarize(vols), volumes=vols)
+                     for name, rows in state["volumes"].items()
+                     for vols in ([VolumeResult(*r) for r in rows],)}
+        self.last_step = int(state["step"])
+
     def due_after_epoch(self, epoch: int) -> bool:
         """After finishing epoch ``epoch`` (1-based count of finished epochs): every ``eval.every_epochs`` and last."""
         return epoch % self.cfg.eval.every_epochs == 0 or epoch == self.cfg.train.epochs

@@ -100,6 +100,22 @@ def machine_slots(gpus_per_run: Optional[int], parallel: Optional[int]) -> List[
     return [Slot(None, 1, max(cores // n, 1)) for _ in range(n)]
 
 
+def _stop_with_parent(parent: int) -> Optional[Callable[[], None]]:
+    """For ``Popen(preexec_fn=...)`` on Linux: the job gets SIGTERM when the runner dies, even by kill -9, so it
+    checkpoints and exits (75) instead of training on unattended beside the rerun's job (``PR_SET_PDEATHSIG``)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the runner died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], None]) -> Dict[str, int]:
     """Run ``jobs`` on ``slots``, at most one job per slot at a time, in order.
 
@@ -129,7 +145,8 @@ def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], 
                 out_dir.mkdir(parents=True, exist_ok=True)
                 log = open(out_dir / "train.log", "a", encoding="utf-8")
                 proc = subprocess.Popen([*slot.launcher(), *args], stdout=log, stderr=subprocess.STDOUT,
-                                        env=slot.env(), start_new_session=True)
+                                        env=slot.env(), start_new_session=True,
+                                        preexec_fn=_stop_with_parent(os.getpid()))
                 log.close()
                 running[i] = (name, proc, time.time(), out_dir)
                 say(f"start {name} on slot {i} (log {out_dir / 'train.log'})")

@@ -26,6 +26,7 @@ from varnet_ds.eval.validate import EvalOutput, Validator
 from varnet_ds.exits import EXIT_REQUEUE  # after a SIGTERM/SIGUSR1 checkpoint: "resume me"
 from varnet_ds.files import atomic_path
 from varnet_ds.model.step import train_loss
+from varnet_ds.run_folder import FINAL_WEIGHTS, output_files, write_finished
 from varnet_ds.system import peak_memory_gib, reset_peak_memory
 from varnet_ds.tracking.tracker import Tracker
 from varnet_ds.trainer import checkpoint as ckpt
@@ -70,6 +71,8 @@ class Trainer:
         reset_peak_memory(self.dist.device)
         self._bar = TrainProgress.for_run(self.cfg, self.dist, len(self.data.dataset), initial=self.state.global_step,
                                           grad_accum=self.engine.gradient_accumulation_steps())
+        if self.state.complete(self.cfg):  # trained and evaluated, stopped before FINISHED: write the outputs only
+            return self._finish(from_checkpoint=True)
         if self.state.pending_eval and self.evaluate() is None:  # the evaluation a preemption interrupted
             return self._preempt()
         while self.state.running(self.cfg):
@@ -121,6 +124,7 @@ class Trainer:
                                           slice=[int(s) for s in batch.slice_num]))
         if status == "nonfinite_grad":
             self.state.global_step = self.engine.global_steps  # the optimizer step was consumed, not applied
+            self.state.step_epoch = self.state.epoch
             self._window = []
         if self.state.bad_steps >= self.cfg.train.max_bad_steps:
             self.save_checkpoint()
@@ -136,6 +140,7 @@ class Trainer:
         if self.engine.global_steps == self.state.global_step:
             return False
         self.state.global_step = self.engine.global_steps
+        self.state.step_epoch = self.state.epoch
         step_loss = sum(self._window) / len(self._window)
         self._window = []
         self._losses.append(step_loss)
@@ -147,8 +152,8 @@ class Trainer:
         step, cfg = self.state.global_step, self.cfg
         if step % cfg.log.every_steps == 0:
             self._log_train()
-        if self.validator.due_at_step(step) and self.evaluate() is None:  # before the checkpoint committing it
-            return True
+        if self._due_and_unscored(self.validator.due_at_step(step)) and self.evaluate() is None:
+            return True  # evaluated before the checkpoint that commits it
         if self.preemption.stop:
             return True
         if step % cfg.train.checkpoint_every_steps == 0:
@@ -160,7 +165,7 @@ class Trainer:
         self.state.epoch += 1
         self.state.batch_in_epoch = 0
         self.scheduler.step()
-        if self.validator.due_after_epoch(self.state.epoch) and self.evaluate() is None:
+        if self._due_and_unscored(self.validator.due_after_epoch(self.state.epoch)) and self.evaluate() is None:
             return True
         return self.preemption.agree()
 
@@ -187,6 +192,7 @@ class Trainer:
             "wandb_id": self.tracker.wandb_id,
             "metrics_rows": self.tracker.num_rows,  # rank 0's count; exact rollback on resume
             "selected": self.selector.state_dict(),  # commits the best candidate (eval.selection)
+            "last_eval": self.validator.state_dict(),  # commits the last evaluation: never scored twice
             "config": to_dict(self.cfg),
         }
         tag = ckpt.save(self.engine, self.ckpt_dir, state.global_step, client_state, self.dist,
@@ -223,6 +229,7 @@ class Trainer:
         ``state.pending_eval`` then tells the resumed run to do it first.
         """
         state = self.state
+        epoch = state.step_epoch  # the label of the weights scored, the same whether or not the run stops here
         outputs = self.validator.run(self.engine.module, state.global_step, stop=self.preemption.agree,
                                      on_split=self.eval_console.start)
         state.pending_eval = outputs is None
@@ -230,28 +237,50 @@ class Trainer:
             return None
         for name, out in outputs.items():
             for row in out.rows:
-                self.tracker.log(state.row(name, **row))
+                self.tracker.log(state.eval_row(name, **row))
             if out.panels is not None and self.cfg.eval.image_panels:
-                self.tracker.log_images(state.global_step, state.epoch, name, out.panels)
-            self.eval_console.result(state.global_step, state.epoch, name, out.rows)
-        if self.selector.update(state.global_step, state.epoch, outputs, self.engine.module, to_dict(self.cfg)):
+                self.tracker.log_images(state.global_step, epoch, name, out.panels)
+            self.eval_console.result(state.global_step, epoch, name, out.rows)
+        if self.selector.update(state.global_step, epoch, outputs, self.engine.module, to_dict(self.cfg)):
             best = self.selector.best
-            self.tracker.log(state.event("best", criterion=best["criterion"], value=best["value"]))
+            self.tracker.log(state.eval_row("event", event="best", criterion=best["criterion"], value=best["value"]))
         barrier()
         reset_peak_memory(self.dist.device)  # train rows report the training peak, not evaluation's
         return outputs
 
-    def _finish(self) -> int:
-        """Final evaluation (unless this step was just evaluated), checkpoint, fp32 export, tables, W&B models."""
+    def _due_and_unscored(self, due: bool) -> bool:
+        """An evaluation is due and these weights were not scored yet (a resume never scores them twice)."""
+        return due and not self.validator.evaluated_at(self.state.global_step)
+
+    def _finish(self, from_checkpoint: bool = False) -> int:
+        """Final evaluation (unless these weights were scored), the checkpoint committing it, then the outputs.
+
+        ``from_checkpoint``: a rerun of a run whose last checkpoint already holds the end of training (it was
+        stopped while writing its outputs); that checkpoint is not written again.
+        """
         self._bar.close()
-        final = self.validator.last if self.validator.evaluated_at(self.state.global_step) else self.evaluate()
+        scored = self.validator.evaluated_at(self.state.global_step)
+        final = self.validator.last if scored else self.evaluate()
         if final is None:
             return self._preempt()
-        self.save_checkpoint()
+        if not (from_checkpoint and scored):
+            self.save_checkpoint()
+        return self._publish(final, from_checkpoint)
+
+    def _publish(self, final: Dict[str, EvalOutput], from_checkpoint: bool) -> int:
+        """fp32 export, selection, per-volume tables, ``end`` event, W&B models, then ``FINISHED`` (written last).
+
+        Every step rewrites its file whole from committed state (the checkpoint, the selected candidate), so a run
+        killed anywhere in here is completed by rerunning the same command.
+        """
+        state = self.state
         if self.dist.is_main:
-            state = self.state
-            with atomic_path(self.run_dir / "model_fp32.pt") as tmp:
-                torch.save(fp32_payload(self.engine.module, state.global_step, state.epoch, to_dict(self.cfg)), tmp)
+            if from_checkpoint:
+                print(f"[varnet_ds] {self.run_dir}: training and evaluation are complete (step "
+                      f"{state.global_step}); writing the outputs a stop interrupted", flush=True)
+            with atomic_path(self.run_dir / FINAL_WEIGHTS) as tmp:
+                torch.save(fp32_payload(self.engine.module, state.global_step, state.step_epoch, to_dict(self.cfg)),
+                           tmp)
             selected = self.selector.finalize()
             for name, out in final.items():
                 self.tracker.log_table(f"{name}_per_volume", VOLUME_COLUMNS, volume_table_rows(out.volumes))
@@ -260,6 +289,10 @@ class Trainer:
             self._log_models(final, selected)
         self.tracker.finish()
         barrier()
+        if self.dist.is_main:
+            write_finished(self.run_dir, step=state.global_step, epoch=state.step_epoch,
+                           epochs=self.cfg.train.epochs, max_steps=self.cfg.train.max_steps,
+                           files=output_files(self.run_dir))
         return 0
 
     def _log_models(self, final: Dict[str, EvalOutput], selected: Optional[Dict]) -> None:

@@ -26,6 +26,8 @@ class TrainState:
         batch_in_epoch: batches of this process's loader consumed in ``epoch``.
         bad_steps: consecutive non-finite losses/gradients.
         pending_eval: an evaluation was abandoned for a preemption; a resumed run does it first.
+        step_epoch: the epoch in which ``global_step`` was taken. Evaluations are labelled with it, so the label
+            of an evaluation depends only on the weights it scores (not on whether the run stopped there).
     """
 
     global_step: int = 0
@@ -33,10 +35,15 @@ class TrainState:
     batch_in_epoch: int = 0
     bad_steps: int = 0
     pending_eval: bool = False
+    step_epoch: int = 0
 
     def row(self, split: str, **fields: Any) -> Dict[str, Any]:
         """A ``metrics.jsonl`` row at this step and epoch."""
         return {"step": self.global_step, "epoch": self.epoch, "split": split, **fields}
+
+    def eval_row(self, split: str, **fields: Any) -> Dict[str, Any]:
+        """A validation row: labelled with the step and the epoch of the weights it scores."""
+        return {**self.row(split, **fields), "epoch": self.step_epoch}
 
     def event(self, name: str, **fields: Any) -> Dict[str, Any]:
         """An ``event`` row at this step and epoch."""
@@ -55,13 +62,15 @@ class TrainState:
 
     def client_state(self) -> Dict[str, Any]:
         return {"global_step": self.global_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "pending_eval": self.pending_eval}
+                "pending_eval": self.pending_eval, "step_epoch": self.step_epoch}
 
     @classmethod
     def from_client_state(cls, state: Mapping[str, Any]) -> TrainState:
-        return cls(global_step=int(state["global_step"]), epoch=int(state["epoch"]),
-                   batch_in_epoch=int(state.get("batch_in_epoch", 0)),
-                   pending_eval=bool(state.get("pending_eval", False)))
+        epoch, batch = int(state["epoch"]), int(state.get("batch_in_epoch", 0))
+        older = max(epoch - 1, 0) if batch == 0 else epoch  # checkpoints written before step_epoch existed
+        return cls(global_step=int(state["global_step"]), epoch=epoch, batch_in_epoch=batch,
+                   pending_eval=bool(state.get("pending_eval", False)),
+                   step_epoch=int(state.get("step_epoch", older)))
 
 
 class Preemption:
