@@ -51,7 +51,8 @@ def one_rank(synth_dirs, tmp_path_factory):
 # the scheduler below: units go out in collection order, longest first (LONG_MODULES; pytest-xdist would otherwise
 # order them by their number of tests), and modules sharing a session fixture that is a training run form one unit
 # (a session fixture is built once per worker that uses it). Measured on the 2-core box: see README, Development.
-LONG_MODULES = ("test_epochs.py", "test_survival.py", "test_engine.py", "test_elastic.py", "test_study.py", "test_preempt_eval.py",
+LONG_MODULES = ("test_epochs.py", "test_survival.py",
+                "test_engine.py", "test_elastic.py", "test_study.py", "test_preempt_eval.py",
                 "test_faults.py", "test_compiled.py", "test_bench.py")
 SHARED_RUNS = {"test_engine.py": "one_rank", "test_elastic.py": "one_rank"}
 
