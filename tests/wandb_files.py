@@ -1,15 +1,15 @@
 """Read the records of W&B's offline transaction logs (``offline-run-*/run-<id>.wandb``) in tests.
 
-wandb 0.31 ships no Python reader for these files: the ``DataStore`` of ``wandb.sdk.internal.datastore`` left with
-the legacy Python backend, and ``wandb sync`` / ``wandb leet`` read them inside the Go ``wandb-core`` binary
-(``core/pkg/leveldb``), which exposes no record dump. So this module reads them as wandb-core's ``LiveReader`` does
+wandb 0.31 ships no Python reader for these files: ``wandb.sdk.internal.datastore.DataStore`` (what ``wandb sync``
+used in older releases) is gone, and ``wandb sync`` / ``wandb leet`` read them inside the Go ``wandb-core`` binary
+(``core/pkg/leveldb``), which offers no record dump. So this module reads them as wandb-core's ``LiveReader`` does
 for a file that may still be written: a LevelDB log (7-byte file header ``:W&B`` + magic ``0xBEE1`` + version 0, then
 32 KiB blocks of chunks, each with a 7-byte header ``crc32(4) length(2) type(1)``; wandb-core's CRC is the IEEE crc32
 of the type byte and the payload). A record is decoded only when every chunk of it is complete and its checksum
 matches; the first chunk that is not (a tail the service has not finished writing) ends the scan, so a read never
 parses half a record. :func:`flushed_records` adds the wait: call ``wandb.teardown()`` after the run's
-``finish()`` (the service flushes and closes the file on exit), then read with it; it retries, for a bounded time,
-until the record types a test needs are there.
+``finish()`` (the service flushes and closes the file on exit), then read with it; it re-reads, for a bounded time,
+until the record types a test needs are there and the tail is complete.
 
 Tests import it as ``from wandb_files import flushed_records, history_rows`` (pytest puts ``tests/`` on ``sys.path``).
 """
