@@ -5,18 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-import struct
-import time
 import warnings
-from collections import Counter
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 import torch
 import wandb
+from wandb_files import flushed_records, history_rows, run_summary
 
 from varnet_ds.config import load_config
 from varnet_ds.tracking.metrics_file import read_rows as read_metrics
@@ -187,52 +184,6 @@ def test_truncate_rows_and_torn_line(wandb_env):
         read_metrics(run_dir / "metrics.jsonl")
 
 
-def _flushed_records(path: Path, needed: Sequence[str], timeout: float = 60.0):
-    """Records of the .wandb file once it holds every record type in ``needed``: W&B's service process writes the
-    file and, on a loaded machine, was seen to append the records after ``run.finish()`` had returned."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = _wandb_records(path)
-        kinds = Counter(r.WhichOneof("record_type") for r in records)
-        if all(kinds[k] for k in needed) or time.monotonic() > deadline:
-            assert all(kinds[k] for k in needed), f"{path}: record types {dict(kinds)} after {timeout} s, need {needed}"
-            return records
-        time.sleep(0.5)
-
-
-def _wandb_records(path: Path):
-    """Records of a .wandb transaction log (LevelDB log format: 7-byte file header ':W&B' + magic + version,
-    32 KiB blocks of chunks with a 7-byte header crc32c(4) length(2) type(1))."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    block, pos, pending, records = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind in (1, 2):  # full, first
-            pending = chunk
-        elif kind in (3, 4):  # middle, last
-            pending += chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
-
-
-def _history(records):
-    rows = []
-    for r in records:
-        if r.WhichOneof("record_type") == "history":
-            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
-    return rows
-
-
 def test_offline_wandb_run_and_resume(wandb_env, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = wandb_env / "run"
@@ -267,10 +218,10 @@ def test_offline_wandb_run_and_resume(wandb_env, monkeypatch, capsys):
 
     sync_dirs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(sync_dirs) == 1 and command == f"wandb sync {sync_dirs[0]}"
-    records = _flushed_records(sync_dirs[0] / f"run-{run_id}.wandb", ["history", "metric"])
+    records = flushed_records(sync_dirs[0] / f"run-{run_id}.wandb", ["history", "metric", "exit"])
     assert identity == (run_id, "offline_unit", "knee2brain", ("unit", "test", "seed-42"), "offline_unit",
                         "varnet_ds")
-    history = _history(records)
+    history = history_rows(records)
     train = next(h for h in history if "train/loss" in h)
     assert train["train/loss"] == 0.25 and train["trainer/step"] == 10 and train["trainer/epoch"] == 0
     val = next(h for h in history if "val_brain/AXT2/x4/ssim" in h)
@@ -343,14 +294,6 @@ def test_wandb_init_failures_fall_back(wandb_env, monkeypatch):
     assert read_metrics(wandb_env / "run2" / "metrics.jsonl")[0]["loss"] == math.pi
 
 
-def _summary(records):
-    out = {}
-    for r in records:
-        if r.WhichOneof("record_type") == "summary":
-            out.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
-    return out
-
-
 def test_study_run_identity_summaries_and_model_artifacts(wandb_env, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = load_config(None, ["run.name=mraugment-s3", "run.seed=3", "run.arm=mraugment", "log.wandb.group=study-1",
@@ -375,8 +318,8 @@ def test_study_run_identity_summaries_and_model_artifacts(wandb_env, monkeypatch
     tracker.finish()
     wandb.teardown()  # W&B's service process flushes the .wandb file before it exits
 
-    records = _flushed_records(next((run_dir / "wandb").glob("offline-run-*/*.wandb")), ["summary", "artifact"])
-    summary = _summary(records)
+    records = flushed_records(next((run_dir / "wandb").glob("offline-run-*/*.wandb")), ["summary", "artifact", "exit"])
+    summary = run_summary(records)
     assert summary["val_knee/ssim"] == 0.75 and summary["val_knee/ssim_max"] == 0.80  # last and best
     assert summary["val_knee/psnr_max"] == 30.80 and summary["val_knee/nmse_min"] == 0.03
     assert summary["val_knee/nmse"] == 0.04 and summary["train/loss"] == 0.4 and summary["train/loss_min"] == 0.3

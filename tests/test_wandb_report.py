@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from test_tracking import _history, _wandb_records
+import wandb
+from wandb_files import flushed_records, history_rows
 
 from analysis import wandb_report
 from varnet_ds.config import load_config, save_config
@@ -32,7 +33,7 @@ def study_root(tmp_path_factory):
     mp.setenv("NETRC", str(root / "netrc"))
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         mp.setenv(var, str(root / "wandb_home" / var.lower()))
-    logged = set()
+    logged, run_dirs = set(), []
     try:
         for arm, (knee, brain) in ARMS.items():
             for seed in (0, 1):
@@ -58,8 +59,12 @@ def study_root(tmp_path_factory):
                         tracker.log_images(step, epoch, "val_brain", panels)
                 (run_dir / "selected.json").write_text(json.dumps({"step": 20, "epoch": 1, "value": knee + 0.01}))
                 write_finished(run_dir, step=30, epoch=2, epochs=3, max_steps=None, files=output_files(run_dir))
-                for hist in _history(_wandb_records(next((run_dir / "wandb").glob("offline-run-*/*.wandb")))):
-                    logged |= set(hist)
+                run_dirs.append(run_dir)
+        wandb.teardown()  # W&B's service process flushes the .wandb files before it exits
+        for run_dir in run_dirs:
+            path = next((run_dir / "wandb").glob("offline-run-*/*.wandb"))
+            for hist in history_rows(flushed_records(path, ["history", "exit"])):
+                logged |= set(hist)
     finally:
         mp.undo()
     return root, logged
