@@ -132,8 +132,8 @@ def check_data_identity(runs: Mapping[str, Run], where: Path | str) -> None:
 
 def provenance_block(runs: Mapping[str, Run]) -> Dict[str, Any]:
     """The provenance block of a set of runs (``study.json``'s ``provenance``; layout in the module docstring)."""
-    segs = [seg for label, run in runs.items() for seg in segments(label, run)]
-    recorded = {label for label, run in runs.items() if segments(label, run)}
+    per_run = {label: segments(label, run) for label, run in runs.items()}
+    segs = [seg for run_segs in per_run.values() for seg in run_segs]
     env_flat = [(name, flatten({k: v for k, v in block.items() if k != "data" and k not in EXECUTION_KEYS}))
                 for name, block in segs]
     keys = list(dict.fromkeys(k for _, flat in env_flat for k in flat))
@@ -152,7 +152,7 @@ def provenance_block(runs: Mapping[str, Run]) -> Dict[str, Any]:
             data[key] = next(iter(groups.values()))[0][1]
         else:
             data_differs[key] = {name: identity for members in groups.values() for name, identity in members}
-    return {"runs": [name for name, _ in segs], "unrecorded": [label for label in runs if label not in recorded],
+    return {"runs": [name for name, _ in segs], "unrecorded": [label for label, ss in per_run.items() if not ss],
             "environment": environment, "environment_differs": environment_differs, "data": data,
             "data_differs": data_differs,
             "ranks_threads": {name: {k: block.get(k) for k in EXECUTION_KEYS} for name, block in segs}}
