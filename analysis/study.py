@@ -6,7 +6,8 @@ Usage::
 
 reads the study folder written by ``python -m varnet_ds.study`` (``study.yaml`` and one finished run folder
 ``<arm>-s<seed>`` per arm x seed) and writes into DIR (default ``runs/<study>/report``): ``study.json`` (per-seed
-means per arm, seed-paired contrasts with hierarchical bootstrap intervals and Wilcoxon p-values, the methods),
+means per arm, seed-paired contrasts with hierarchical bootstrap intervals and Wilcoxon p-values, the methods, the
+runs' provenance: ``analysis/provenance.py``),
 ``per_volume.csv`` (every per-volume row of every run), ``study_seeds.png`` and ``study.md``. ``--readme FILE``
 rewrites the lines between ``<!-- study-results:start -->`` and ``<!-- study-results:end -->`` of FILE with a
 summary taken from ``study.json``; ``--figure-dir DIR`` copies the figure there and links that copy. Reads files
@@ -31,6 +32,7 @@ try:
 except ModuleNotFoundError:  # run as a script (python analysis/study.py): make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis.provenance import provenance_block
 from analysis.runs import METRICS, CompareError
 from analysis.study_load import CHECKPOINTS, STUDY_SPLITS, Study, load_study, selected_epoch
 from analysis.study_report import (
@@ -109,7 +111,8 @@ def study_summary(study: Study, n_resamples: int = N_RESAMPLES, seed: int = BOOT
     return {"study": study.name, "primary": "selected", "reference": study.reference, "device": study.device,
             "generated": dt.datetime.now(dt.timezone.utc).date().isoformat(),
             "methods": methods(n_resamples, seed),
-            "arms": {arm: arm_summary(study, arm) for arm in study.arm_order()}, "contrasts": contrasts}
+            "arms": {arm: arm_summary(study, arm) for arm in study.arm_order()}, "contrasts": contrasts,
+            "provenance": provenance_block({r.name: r.run for r in study.ordered_runs()})}
 
 
 def per_volume_rows(study: Study) -> List[List[Any]]:

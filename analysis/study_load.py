@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from analysis.checks import flatten
+from analysis.provenance import check_data_identity
 from analysis.runs import CompareError, Run, VolumeRow, load_run, read_per_volume
 from varnet_ds import run_folder
 from varnet_ds.run_folder import CHECKPOINT_KINDS as CHECKPOINTS
@@ -216,7 +217,8 @@ def load_study(folder: Path | str) -> Study:
 
     Raises:
         CompareError: no ``study.yaml``, no finished run at all, missing (unfinished) runs, malformed files or
-            configs that differ outside the allowed keys; the message names the folder, runs or keys.
+            configs that differ outside the allowed keys, runs whose recorded data folders differ
+            (:func:`analysis.provenance.check_data_identity`); the message names the folder, runs or keys.
     """
     folder = Path(folder)
     spec = read_spec(folder)
@@ -243,6 +245,7 @@ def load_study(folder: Path | str) -> Study:
     runs = {(arm, seed): _load_study_run(run_dir, arm, seed) for arm, seed, run_dir in finished}
     ordered = [runs[(a, s)] for a in arms for s in seeds]
     check_configs(ordered, arms, folder)
+    check_data_identity({r.name: r.run for r in ordered}, folder)
     return Study(name=str(spec.get("study") or folder.resolve().name), folder=folder,
                  reference=str(spec.get("reference", next(iter(arms)))), arms=arms, seeds=seeds, runs=runs,
                  device=_device(spec, ordered), spec=spec)

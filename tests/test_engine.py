@@ -14,10 +14,11 @@ from trainrun import NO_EVAL, ROOT, TINY, common, ok, run_poisoned, run_single, 
 pytestmark = pytest.mark.slow
 
 
-def test_run_folder_and_consolidated_weights(one_rank):
+def test_run_folder_and_consolidated_weights(one_rank, synth_dirs):
     from fastmri.models import VarNet
 
     from varnet_ds.config import load_config
+    from varnet_ds.provenance import LIBRARIES, folder_identity, git_state
 
     cfg = load_config(one_rank / "config.yaml")
     assert cfg.train.max_steps == 4
@@ -34,6 +35,17 @@ def test_run_folder_and_consolidated_weights(one_rank):
     val = [r for r in rows if r["split"] == "val_brain" and "acquisition" not in r and "acceleration" not in r]
     assert val and all(0 < r["ssim"] <= 1 and r["psnr"] > 0 and r["nmse"] > 0 for r in val)
     assert (one_rank / "checkpoints" / "latest").is_file()
+    (start,) = [r for r in rows if r.get("event") == "start"]
+    prov = start["provenance"]  # the run's provenance (varnet_ds/provenance.py)
+    assert prov["data"] == {"train_path": folder_identity(synth_dirs["train"]),
+                            "val_path": folder_identity(synth_dirs["val"]),
+                            "transfer_path": folder_identity(synth_dirs["brain"])}
+    assert prov["data"]["train_path"]["files"] == 3 and prov["data"]["transfer_path"]["files"] == 2
+    assert (prov["world_size"], prov["threads_per_rank"], prov["gpu"]) == (1, 1, None)  # OMP_NUM_THREADS=1, CPU
+    assert set(prov["libraries"]) == set(LIBRARIES) and all(prov["libraries"].values())
+    assert prov["varnet_ds"] and prov["cpu"] and prov["python"]
+    here = git_state(ROOT / "varnet_ds")
+    assert (prov["git"] or {}).get("commit") == (here or {}).get("commit")  # None outside a checkout
 
 
 def test_init_weights_under_zero1_and_a_nonfinite_gradient_skipped(one_rank, synth_dirs, tmp_path):

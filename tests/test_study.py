@@ -107,6 +107,11 @@ def test_study_runs_skips_and_resumes(tmp_path, synth_dirs):
     report = json.loads((study / "report" / "study.json").read_text())
     assert set(report["arms"]) == {"baseline", "mraugment"} and report["primary"] == "selected"
     assert (study / "report" / "per_volume.csv").is_file()
+    prov = report["provenance"]  # from the runs' start events (analysis/provenance.py)
+    assert prov["runs"] == ["baseline-s5", "mraugment-s5"] and not prov["unrecorded"]
+    assert [prov["data"][k]["files"] for k in ("train_path", "val_path", "transfer_path")] == [3, 2, 2]
+    assert prov["environment"]["libraries.torch"] and "libraries.torch" not in prov["environment_differs"]
+    assert all(r["world_size"] == 1 and r["threads_per_rank"] >= 1 for r in prov["ranks_threads"].values())
     stamp = (study / "baseline-s5" / "metrics.jsonl").stat().st_mtime_ns
 
     again = _study(tmp_path, synth_dirs, "--set", "train.max_steps=3")

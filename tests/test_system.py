@@ -1,4 +1,5 @@
-"""Start-up cost of a training process with W&B off: the recorded versions and a disabled tracker import no wandb."""
+"""Start-up cost of a training process with W&B off: the recorded versions and provenance and a disabled tracker
+import no wandb."""
 
 import subprocess
 import sys
@@ -9,9 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = """
 import sys, tempfile
 from varnet_ds.config import load_config
+from varnet_ds.provenance import run_provenance
 from varnet_ds.system import versions
 from varnet_ds.tracking.tracker import Tracker
 v = versions()
+run_provenance({"train_path": "."}, 1, "cpu")
 tracker = Tracker(load_config("demo", ["log.wandb.mode=disabled"]), tempfile.mkdtemp(), rank=0)
 tracker.log({"step": 1, "epoch": 0, "split": "train", "loss": 0.5})
 tracker.finish()

@@ -4,7 +4,8 @@ MRAugment, W&B).
 Layers (imports only go down; ``tests/test_layers.py``):
 
 - L0 leaves: ``config`` (schema, choices, rerun guard), ``files`` (atomic writes), ``seeding``, ``distributed``
-  (process group, device, collectives), ``system`` (versions, memory), ``console``, ``exits``.
+  (process group, device, collectives), ``system`` (versions, memory), ``provenance`` (code, environment and
+  data identity of a run), ``console``, ``exits``.
 - L1: ``model/`` (VarNetDS, build_model, weights, the forward+loss step), ``data/`` (the real fastMRI pipeline),
   ``sim/`` (the simulator; ``data/`` never imports it).
 - L2: ``eval/`` (metrics, Validator, selection, export), ``tracking/`` (metrics.jsonl, W&B, Tracker),

@@ -6,9 +6,11 @@ import gc
 import platform
 import resource
 import time
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import torch
+
+from varnet_ds.provenance import library_versions
 
 GIB = 2**30
 
@@ -18,25 +20,14 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
 
 
-def versions() -> Dict[str, str]:
-    """Library versions and device recorded in every run's start event and every benchmark.
+def versions() -> Dict[str, Optional[str]]:
+    """Library versions and device recorded in every benchmark (runs record :mod:`varnet_ds.provenance`).
 
-    Read from the installed distributions' metadata: importing wandb only for its version would cost every
-    training process about a second of start-up when W&B is off.
+    Read from the installed distributions' metadata (``None``: not installed): importing wandb only for its
+    version would cost every training process about a second of start-up when W&B is off.
     """
-    from importlib.metadata import version
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "deepspeed": version("deepspeed"),
-        "fastmri": version("fastmri"),
-        "omegaconf": version("omegaconf"),
-        "wandb": version("wandb"),
-        "numpy": version("numpy"),
-        "device": device_name(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    return {"python": platform.python_version(), **library_versions(), "torch": torch.__version__,
+            "device": device_name(), "date": time.strftime("%Y-%m-%d")}
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:

@@ -9,6 +9,7 @@ metrics rollback → start/plan/bad-file events → validator → :class:`Traine
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -25,10 +26,11 @@ from varnet_ds.model.step import ssim_loss
 from varnet_ds.model.varnet import build_model, count_parameters
 from varnet_ds.model.weights import load_init_weights
 from varnet_ds.profiling.memory_plan import apply_memory_plan
+from varnet_ds.provenance import DATA_FOLDERS, run_provenance
 from varnet_ds.run_folder import clear_finished, read_finished
 from varnet_ds.run_folder import lock as run_folder_lock
 from varnet_ds.seeding import reseed_after_world_size_change, seed_process
-from varnet_ds.system import versions
+from varnet_ds.system import device_name
 from varnet_ds.tracking.tracker import Tracker
 from varnet_ds.trainer import checkpoint as ckpt
 from varnet_ds.trainer import elastic
@@ -92,7 +94,7 @@ def build_trainer(cfg: DictConfig, ds_config_path: str, dist: DistInfo) -> Train
         zero = {"ds_config": str(Path(ds_config_path).resolve()), "zero_stage": engine.zero_optimization_stage(),
                 "offload_optimizer": device}
         _log_start(tracker, state, saved, resume_plan, data, dist, dict(parameters=count_parameters(model), **zero),
-                   config_changes, plan_row, bad_files)
+                   config_changes, plan_row, bad_files, {k: cfg.data.get(k) for k in DATA_FOLDERS})
     return Trainer(cfg, dist, engine=engine, optimizer=ds_optimizer, scheduler=scheduler,
                    loss_fn=ssim_loss(dist.device), data=data, state=state, tracker=tracker, selector=selector,
                    validator=validator, complete=complete)
@@ -122,16 +124,22 @@ def _restore(engine: Any, scheduler: Any, data: TrainData, cfg: DictConfig, ckpt
 
 def _log_start(tracker: Tracker, state: TrainState, saved: Optional[Dict[str, Any]],
                plan: Optional[elastic.ResumePlan], data: TrainData, dist: DistInfo, setup: Dict[str, Any],
-               config_changes: Dict[str, Tuple[Any, Any]], plan_row: Optional[Dict[str, Any]], bad_files) -> None:
+               config_changes: Dict[str, Tuple[Any, Any]], plan_row: Optional[Dict[str, Any]], bad_files,
+               data_paths: Dict[str, Optional[str]]) -> None:
     """Rollback (resume) or stale rows set aside (fresh start), then the start-up events.
 
-    ``setup`` (parameter count, DeepSpeed JSON, ZeRO stage, optimizer offload) goes into the ``start`` event.
+    ``setup`` (parameter count, DeepSpeed JSON, ZeRO stage, optimizer offload) goes into the ``start`` event; the
+    ``provenance`` block (code, environment, ranks/threads, identity of each of ``data_paths``' folders:
+    :mod:`varnet_ds.provenance`) into the ``start`` and ``resume`` events. Only rank 0 writes events, so only it
+    lists the data folders.
     """
+    prov = run_provenance(data_paths, dist.world_size, dist.device) if dist.is_main else {}
     if saved is None:
         backup = tracker.set_aside_rows()  # an earlier run here died before its first checkpoint
         if backup is not None:
             print(f"[varnet_ds] no checkpoint to resume from; earlier rows moved to {backup}", flush=True)
-        tracker.log(state.event("start", world_size=dist.world_size, **setup, **versions()))
+        tracker.log(state.event("start", world_size=dist.world_size, **setup, device=device_name(),
+                                date=time.strftime("%Y-%m-%d"), provenance=prov))
     else:
         rolled_back = tracker.truncate_rows(int(saved.get("metrics_rows", tracker.num_rows)))
         if plan is not None and plan.changed:
@@ -145,4 +153,5 @@ def _log_start(tracker: Tracker, state: TrainState, saved: Optional[Dict[str, An
         tracker.log(state.event("skipped_bad_files", count=len(bad_files),
                                 files=[f"{p}: {why}" for p, why in bad_files]))
     if saved is not None:
-        tracker.log(state.event("resume", rows_rolled_back=rolled_back, tag=ckpt.tag_for(state.global_step)))
+        tracker.log(state.event("resume", rows_rolled_back=rolled_back, tag=ckpt.tag_for(state.global_step),
+                                provenance=prov))
