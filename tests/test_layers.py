@@ -19,7 +19,7 @@ LAYERS = {
     1: {"model", "data", "sim"},
     2: {"eval", "tracking", "profiling"},
     3: {"trainer", "studies"},
-    4: {"train", "evaluate", "bench", "demo", "study", "study_bench"},
+    4: {"train", "evaluate", "bench", "demo", "study", "study_bench", "cli", "__main__"},
 }
 LAYER = {unit: level for level, units in LAYERS.items() for unit in units}
 SAME_LAYER_OK = {("sim", "data")}  # (importer, imported) across units of one layer, besides L0 and L4
@@ -76,13 +76,30 @@ def test_no_top_level_name_shadows_the_standard_library():
     assert not clash, clash
 
 
+def is_version_assignment(node: ast.stmt) -> bool:
+    """``__version__ = "<string literal>"``: the one statement the top package's ``__init__`` may hold."""
+    return (isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__version__"]
+            and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str))
+
+
 def test_package_inits_hold_a_docstring_only():
-    """No re-exports: a name is imported from the module that defines it."""
+    """No re-exports: a name is imported from the module that defines it. ``varnet_ds/__init__.py`` also holds
+    ``__version__`` (the one version; ``pyproject.toml`` reads it)."""
     for path in (p for p in MODULES if p.name == "__init__.py"):
         body = ast.parse(path.read_text()).body
         has_doc = body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
         assert has_doc, f"{path}: no docstring"
-        assert len(body) == 1, f"{path}: code besides the docstring (re-export?)"
+        rest = body[1:]
+        if path == PKG / "__init__.py":
+            assert len(rest) == 1 and is_version_assignment(rest[0]), f"{path}: docstring + __version__ = '...' only"
+        else:
+            assert not rest, f"{path}: code besides the docstring (re-export?)"
+
+
+def test_version_check_allows_only_a_string_version():
+    ok, *bad = (ast.parse(src).body[0] for src in ('__version__ = "0.2.0"', "__version__ = VERSION",
+                                                    'from .x import __version__', 'version = "0.2.0"'))
+    assert is_version_assignment(ok) and not any(is_version_assignment(n) for n in bad)
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PKG)))

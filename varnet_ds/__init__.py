@@ -11,7 +11,11 @@ Layers (imports only go down; ``tests/test_layers.py``):
 - L2: ``eval/`` (metrics, Validator, selection, export), ``tracking/`` (metrics.jsonl, W&B, Tracker),
   ``profiling/`` (planner, benchmark, memory and comms estimates).
 - L3: ``trainer/`` (build, loop, state, checkpoint, elastic), ``studies/`` (packing study runs).
-- L4 entry points: ``train.py``, ``evaluate.py``, ``bench.py``, ``demo.py``, ``study.py``, ``study_bench.py``.
+- L4 entry points: ``train.py``, ``evaluate.py``, ``bench.py``, ``demo.py``, ``study.py``, ``study_bench.py``, and
+  ``cli.py``, the ``varnet-ds`` command that dispatches to them.
 
-Package ``__init__`` files hold a docstring only: import names from the module that defines them.
+Package ``__init__`` files hold a docstring only: import names from the module that defines them. The one exception
+is ``__version__`` here, the package's only version (``pyproject.toml`` reads it).
 """
+
+__version__ = "0.2.0"
