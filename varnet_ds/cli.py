@@ -63,6 +63,8 @@ COMMANDS: Dict[str, Command] = {
                             checkout_only=True),
     "wandb-report": Command("analysis.wandb_report", "W&B Report of a study (--dry-run FILE: its spec, offline)",
                             checkout_only=True),
+    "provenance": Command("analysis.provenance", "compare two studies or runs: same data? same environment?",
+                          checkout_only=True),
 }
 
 # import name -> distribution of every [project] dependency (tests/test_cli.py holds this to pyproject.toml)

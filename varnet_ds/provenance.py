@@ -41,11 +41,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def package_version() -> str:
-    """``varnet_ds``'s installed version (package metadata), ``"unknown"`` when it is not installed."""
-    try:
-        return version("varnet_ds")
-    except PackageNotFoundError:
-        return "unknown"
+    """``varnet_ds.__version__``: the one version (pyproject.toml reads it too)."""
+    import varnet_ds
+
+    return varnet_ds.__version__
 
 
 def library_versions() -> Dict[str, Optional[str]]:
