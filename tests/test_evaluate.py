@@ -18,7 +18,7 @@ from fastmri.models import VarNet
 from varnet_ds.config import load_config, save_config
 from varnet_ds.data.fastmri_file import DataError, check_file
 from varnet_ds.eval.export import evaluate_folder, mask_summary, submission_crop
-from varnet_ds.evaluate import main
+from varnet_ds.evaluate import build_parser, main
 from varnet_ds.model.varnet import VarNetDS
 from varnet_ds.model.weights import load_model, model_sizes
 
@@ -275,3 +275,34 @@ def test_bf16_precision_stays_close_to_fp32(synth_dirs, evaluated, run_dir, tmp_
         assert b.attrs["precision"] == "bf16" and bf16.dtype == np.float32
     rel = np.linalg.norm(bf16 - fp32) / np.linalg.norm(fp32)
     assert 0 < rel < 0.05  # bf16 U-Nets change the result a little, not a lot
+
+
+def test_weights_selected_loads_model_selected_pt(synth_dirs, run_dir, tmp_path, capsys):
+    """--weights selected evaluates RUN/model_selected.pt (the study's primary weights), final RUN/model_fp32.pt."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    base = ["--data", str(synth_dirs["brain"]), "--device", "cpu", "--max-volumes", "1", "--acceleration", "4"]
+    assert main(["--run", str(run), "--weights", "selected", "--out", str(tmp_path / "none"), *base]) == 2
+    err = capsys.readouterr().err
+    assert str(run / "model_selected.pt") in err and "--weights final" in err
+    torch.manual_seed(5)
+    torch.save({**_payload(VarNetDS(**TINY)), "global_step": 3}, run / "model_selected.pt")  # other weights, step 3
+    outs = {}
+    for weights in ("selected", "final"):
+        outs[weights] = tmp_path / weights
+        assert main(["--run", str(run), "--weights", weights, "--out", str(outs[weights]), *base]) == 0
+    name = sorted(synth_dirs["brain"].glob("*.h5"))[0].name
+    with h5py.File(outs["selected"] / name) as sel, h5py.File(outs["final"] / name) as fin:
+        assert sel.attrs["checkpoint"] == str(run / "model_selected.pt")
+        assert fin.attrs["checkpoint"] == str(run / "model_fp32.pt")
+        assert not np.array_equal(sel["reconstruction"][()], fin["reconstruction"][()])
+    assert json.loads((outs["selected"] / "metrics.json").read_text())["settings"]["checkpoint_step"] == 3
+    ckpt = ["--checkpoint", str(run / "model_fp32.pt"), "--weights", "selected", "--out", str(tmp_path / "x"), *base]
+    assert main(ckpt) == 2 and "use it with --run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_device_defaults_to_cuda_when_available(monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    args = build_parser().parse_args(["--run", "r", "--data", "d", "--out", "o"])
+    assert args.device == ("cuda" if cuda else "cpu") and args.weights is None
