@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Issue #8 on one GPU: the knee and brain_big memory/speed tables (reference, every policy under ZeRO-2, the
-# plain-PyTorch rows the issue's H100 figures were taken with, compiled U-Nets), the memory planner at 2 / 3 GiB
-# and ZeRO-2 comms from the measured step. Tables, JSON documents and logs go to ${OUT:-runs/bench-gpu}/; paste tables.txt into
-# README "Memory and speed". Parts, so that each call fits a 10-minute device slot (H100, rough):
+# The GPU benchmark set on one GPU (docs/memory-and-speed.md): the knee and brain_big memory/speed tables
+# (reference, every policy under ZeRO-2, the plain-PyTorch rows the H100 reference figures were taken with,
+# compiled U-Nets), the memory planner at 2 / 3 GiB and ZeRO-2 comms from the measured step. Tables, JSON documents
+# and logs go to ${OUT:-runs/bench-gpu}/; record tables.txt as a new dated log under docs/measurements/ (device,
+# date, versions). Parts, so that each call fits a 10-minute device slot (H100, rough):
 #
 #   launch/bench_gpu.sh knee        # ~4 min: knee fp32+bf16 x every policy (ZeRO-2), plain rows, comms
 #   launch/bench_gpu.sh brain_big   # ~3 min: brain_big bf16 x every policy (ZeRO-2)
@@ -11,7 +12,7 @@
 #   launch/bench_gpu.sh             # all four
 #
 # Uses $PY (default: python3 on PATH, e.g. the project's .venv). On a bare GPU machine without the packages,
-# from wheels copied into .whl/ (see README "Development"):
+# from wheels copied into .whl/:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 #   OUT=$OUT launch/bench_gpu.sh knee
 set -euo pipefail

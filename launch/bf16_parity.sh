@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bf16-vs-fp32 parity at full knee size (issue #8): simulate knee volumes at 15x640x368, train the same recipe
+# bf16-vs-fp32 parity at full knee size (docs/memory-and-speed.md): simulate knee volumes at 15x640x368, train the same recipe
 # in fp32 and in bf16 (identical seed, data order, masks), and once more in fp32 with another run.seed (how far
 # two fp32 runs differ: the noise floor a bf16 difference must be read against); then the comparison report.
 #

@@ -50,7 +50,7 @@ def one_rank(synth_dirs, tmp_path_factory):
 # `make test` runs `pytest -n 2 --dist loadscope`, one work unit per module (a module's fixtures are built once), with
 # the scheduler below: units go out in collection order, longest first (LONG_MODULES; pytest-xdist would otherwise
 # order them by their number of tests), and modules sharing a session fixture that is a training run form one unit
-# (a session fixture is built once per worker that uses it). Measured on the 2-core box: see README, Development.
+# (a session fixture is built once per worker that uses it). Timings: docs/measurements/2026-12-02-demo-and-tests.md.
 LONG_MODULES = ("test_epochs.py", "test_survival.py",
                 "test_engine.py", "test_elastic.py", "test_study.py", "test_preempt_eval.py",
                 "test_faults.py", "test_compiled.py", "test_bench.py")

@@ -1,4 +1,4 @@
-"""The import layers of ``varnet_ds`` (README "Layout"), checked on the source with ``ast``.
+"""The import layers of ``varnet_ds`` (docs/development.md, "Layout"), checked on the source with ``ast``.
 
 L0 leaves ``config files seeding distributed system provenance console exits run_folder`` -> L1 ``model/ data/
 sim/`` -> L2 ``eval/ tracking/ profiling/`` -> L3 ``trainer/ studies/`` -> L4 entry points. A module imports only
@@ -57,7 +57,7 @@ def violations(path: Path, me: str):
 
 def test_every_unit_has_a_layer():
     units = {unit_of(p) for p in MODULES} - {"__init__"}
-    assert units <= set(LAYER), f"units without a layer (add them to the README and here): {units - set(LAYER)}"
+    assert units <= set(LAYER), f"units without a layer (add them to docs/development.md, here): {units - set(LAYER)}"
 
 
 def test_imports_go_down_the_layers():

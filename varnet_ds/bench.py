@@ -1,6 +1,6 @@
 """Memory/speed benchmark: the plain-PyTorch fp32 reference vs our engine's policies, in ONE process.
 
-    python -m varnet_ds.bench --shape knee --steps 10 --repeat-reference   # GPU: the README table
+    python -m varnet_ds.bench --shape knee --steps 10 --repeat-reference   # GPU: docs/memory-and-speed.md
     ... --json: one JSON document on stdout instead of the table; --json-out FILE: the document in FILE too
     python -m varnet_ds.bench --shape 64x48x4 --cascades 2 --chans 8 --steps 2   # CPU smoke run
     python -m varnet_ds.bench --plan 2.0 --shape knee                    # memory planner (CUDA only)
@@ -104,7 +104,7 @@ def format_table(results: Sequence, shape: Tuple[int, int, int]) -> str:
                      + ("" if r.freed else "  (NOT freed)"))
     if any(r.peak_estimated for r in results):
         lines.append("~ = CPU estimate: peak of live tensor bytes (varnet_ds.profiling.memtrack); a GPU adds "
-                     "cuDNN/cuFFT workspaces (see README)")
+                     "cuDNN/cuFFT workspaces (see docs/memory-and-speed.md)")
     drift = reference_drift(results)
     if drift:
         peak = f", peak {drift['peak_gib']:+.3f} GiB" if drift["peak_gib"] is not None else ""

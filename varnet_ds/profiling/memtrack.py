@@ -6,8 +6,8 @@ allocator has to hold: the bytes of every tensor storage alive at each operator 
 checkpointed regions, and it works on CPU. Run a training step on the CPU inside it and you get the step's
 tensor-memory peak, which is what ``torch.cuda.max_memory_allocated`` reports for the same step on a GPU minus
 what only a GPU allocates: cuDNN/cuFFT workspaces, the caching allocator's 512-byte rounding, and any op whose
-CUDA kernel saves different tensors. ``python -m varnet_ds.bench`` on a CPU reports these estimates (``~``); the
-README compares them with the H100 figures quoted in issue #8.
+CUDA kernel saves different tensors. ``python -m varnet_ds.bench`` on a CPU reports these estimates (``~``);
+docs/measurements/2026-11-27-cpu-memory.md compares them with the H100 reference figures.
 
 Not seen: memory an op allocates and frees inside its own kernel (scratch space), and tensors created outside
 the mode that were not registered with :meth:`LiveTensorMemory.track`.
