@@ -55,14 +55,25 @@ def _verdict(rec: Mapping[str, Any]) -> Optional[bool]:
     return excludes_zero({**rec, "ci_low": number(rec.get("ci_low")), "ci_high": number(rec.get("ci_high"))})
 
 
+def plural(n: Any, word: str) -> str:
+    """``1 seed``, ``3 seeds``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def sizes(rec: Mapping[str, Any]) -> str:
+    """``3 seeds × 12 volumes``."""
+    return f"{plural(rec['n_seeds'], 'seed')} × {plural(rec['n_volumes'], 'volume')}"
+
+
 def headline(rec: Mapping[str, Any]) -> str:
     """One short sentence: ``mraugment − baseline, brain SSIM: −0.0137 (95 % CI −0.0210 to −0.0069, excludes
     zero; p = 0.012; 3 seeds × 12 volumes).``"""
     m = rec["metric"]
-    zero = {True: "excludes zero", False: "includes zero", None: "no interval"}[_verdict(rec)]
+    verdict = _verdict(rec)
+    interval = ("no interval, which needs 2 seeds and 2 volumes" if verdict is None
+                else f"{interval_text(rec)}, {'excludes' if verdict else 'includes'} zero")
     return (f"{rec['arm']} − {rec['reference']}, {metric_name(rec)}: {value_text(rec['mean'], m, True)}{UNITS[m]} "
-            f"({interval_text(rec)}, {zero}; p {p_text(rec['p_value'])}; {rec['n_seeds']} seeds × "
-            f"{rec['n_volumes']} volumes).")
+            f"({interval}; p {p_text(rec['p_value'])}; {sizes(rec)}).")
 
 
 def _direction(rec: Mapping[str, Any]) -> str:
@@ -84,7 +95,8 @@ def lead_sentences(rec: Mapping[str, Any]) -> List[str]:
     where = "brain" if rec["split"] == "val_brain" else "knee validation"
     unit = UNITS[m]
     out = [f"{arm} changed {name} by **{value_text(rec['mean'], m, True)}{unit}** relative to {ref} "
-           f"({rec['checkpoint']} checkpoints, mean over {rec['n_seeds']} seeds × {rec['n_volumes']} {where} volumes"
+           f"({rec['checkpoint']} checkpoints, mean over {plural(rec['n_seeds'], 'seed')} × "
+           f"{plural(rec['n_volumes'], where + ' volume')}"
            f"{'' if rec.get('group', 'all') == 'all' else ', ' + str(rec['group'])})."]
     verdict = _verdict(rec)
     if verdict is None:
@@ -99,7 +111,8 @@ def lead_sentences(rec: Mapping[str, Any]) -> List[str]:
     p = number(rec["p_value"])
     out.append(f"Wilcoxon signed-rank test over the seed-averaged per-volume differences: p {p_text(p)}"
                + ("." if math.isfinite(p) else " (fewer than 2 volumes, or no difference at all)."))
-    out.append(f"{arm} was better on {rec['wins']} and worse on {rec['losses']} of {rec['n_volumes']} volumes.")
+    out.append(f"{arm} was better on {rec['wins']} and worse on {rec['losses']} of "
+               f"{plural(rec['n_volumes'], 'volume')}.")
     floor = number(rec["noise_floor_sd"])
     if math.isfinite(floor):
         ratio = abs(number(rec["mean"])) / floor if floor > 0 else math.inf

@@ -26,6 +26,7 @@ from study_page_data import SELECTED_EPOCH, write_rich_study  # noqa: E402
 from test_study_stats import BRAIN_VOLS, KNEE_VOLS, write_study  # noqa: E402
 
 from analysis.compare import main as compare_main  # noqa: E402
+from analysis.contrast_text import headline, lead_sentences  # noqa: E402
 from analysis.report_doc import Document, render_markdown  # noqa: E402
 from analysis.runs import CompareError  # noqa: E402
 from analysis.study_load import load_study  # noqa: E402
@@ -212,3 +213,17 @@ def test_analysis_imports_no_torch():
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]" and "study_page" in modules
+
+
+def test_contrast_in_words_edge_cases():
+    """Lower NMSE is better; one seed gives no interval (said once, not as a fake interval); plurals."""
+    rec = dict(arm="a", reference="r", split="val_brain", metric="nmse", checkpoint="selected", group="all",
+               mean=-0.002, ci_low=-0.003, ci_high=-0.001, p_value=0.0004, n_seeds=3, n_volumes=12,
+               noise_floor_sd=0.001, wins=10, losses=2)
+    lead = " ".join(lead_sentences(rec))
+    assert "it excludes zero, so in this study a made brain NMSE better than r." in lead and "p < 0.001" in lead
+    assert "the change is 2.0× that" in lead
+    one = {**rec, "n_seeds": 1, "ci_low": -0.002, "ci_high": -0.002, "p_value": None, "noise_floor_sd": None}
+    assert headline(one) == ("a − r, brain NMSE: −0.00200 (no interval, which needs 2 seeds and 2 volumes; p n/a; "
+                             "1 seed × 12 volumes).")
+    assert "Noise floor: not defined (fewer than 2 seeds)." in lead_sentences(one)
