@@ -30,7 +30,7 @@ from analysis.contrast_text import headline, lead_sentences  # noqa: E402
 from analysis.report_doc import Document, render_markdown  # noqa: E402
 from analysis.runs import CompareError  # noqa: E402
 from analysis.study_load import load_study  # noqa: E402
-from analysis.study_page import build_study_page, volume_figure  # noqa: E402
+from analysis.study_page import build_study_page, recon_settings, volume_figure  # noqa: E402
 from analysis.study_plots import across_seeds  # noqa: E402
 from analysis.study_sections import mapping_blocks  # noqa: E402
 
@@ -227,3 +227,12 @@ def test_contrast_in_words_edge_cases():
     assert headline(one) == ("a − r, brain NMSE: −0.00200 (no interval, which needs 2 seeds and 2 volumes; p n/a; "
                              "1 seed × 12 volumes).")
     assert "Noise floor: not defined (fewer than 2 seeds)." in lead_sentences(one)
+
+
+def test_recon_settings_name_the_weights(tmp_path):
+    """The caption says which weights made the slice: `evaluate --weights selected` writes model_selected.pt."""
+    (tmp_path / "recon").mkdir()
+    (tmp_path / "recon" / "metrics.json").write_text(json.dumps({"settings": {
+        "checkpoint": "/r/model_selected.pt", "checkpoint_step": 12, "mask_type": "equispaced", "acceleration": 8}}))
+    assert recon_settings(tmp_path) == "weights `model_selected.pt` (selected, step 12), equispaced mask ×8"
+    assert recon_settings(tmp_path / "nope") == "weights and mask not recorded (no recon/metrics.json)"
