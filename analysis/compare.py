@@ -9,12 +9,15 @@ Usage::
 writes into DIR: PNG curves (train loss, validation SSIM/PSNR, MRAugment p, knee->brain gap, paired per-volume
 scatter, reconstruction panels), CSV tables (``transfer_table.csv``, ``transfer_diff.csv``,
 ``paired_comparison.csv``, ``paired_volumes.csv``), ``report.md`` and a self-contained ``report.html``.
-The first run is the reference: differences are later run minus first run. A folder with a ``study.yaml`` (a
-multi-seed study, see :mod:`analysis.study`) stands for its run folders (labels ``<arm>-s<seed>``, the reference
-arm's first seed first), and the study outputs (``study.json``, ``per_volume.csv``, ``study_seeds.png``,
-``study.md``) are written into DIR as well (into ``DIR/<study folder name>`` when several studies are given).
-Reads files only (numpy,
-matplotlib, h5py, yaml); never imports the training engine.
+The first run is the reference: differences are later run minus first run.
+
+A study folder (with ``study.yaml``, a multi-seed study: :mod:`analysis.study`) given alone gets the study's own
+report instead (:mod:`analysis.study_page`): ``report.md``/``report.html`` lead with the study's contrasts from
+``study.json`` (written into DIR with ``per_volume.csv``, ``study_seeds.png`` and ``study.md``), and its runs are
+never compared one against another. Several study folders get one such report each, in ``DIR/<study folder
+name>``. A study folder given together with run folders stands for its run folders (labels ``<arm>-s<seed>``)
+in the run comparison, and its study outputs are written beside it. Reads files only (numpy, matplotlib, h5py,
+yaml); never imports the training engine.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from analysis.sections import Results, build_document
 from analysis.stats import DiffRow, PairedRow, TransferRow, diff_rows, paired_rows, transfer_rows
 from analysis.study import build_study_report
 from analysis.study_load import is_study, load_study
+from analysis.study_page import build_study_page
 
 DEFAULT_NOTE = (
     "What this shows: how VarNets trained on knee data only (the reference run and the other run(s), e.g. without "
@@ -86,22 +90,40 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str, labels: Op
     """Compare run folders and write the report.
 
     Args:
-        run_dirs: run folders; the first is the reference (differences are later minus first). A study folder
-            (with ``study.yaml``) expands to its runs, and its study report is written into ``out_dir`` too.
+        run_dirs: run folders; the first is the reference (differences are later minus first). Study folders
+            (with ``study.yaml``) given alone get the study report (:func:`analysis.study_page.build_study_page`,
+            in ``out_dir/<study>`` when several); a study folder among run folders expands to its runs, and its
+            study outputs are written into ``out_dir`` too.
         out_dir: output folder (created; this function's own files in it are replaced).
         labels: display names, one per run (default: ``run.name`` of each config, else the folder name).
-        note: "what this shows / does not show" text (default: :data:`DEFAULT_NOTE`).
+        note: "what this shows / does not show" text (default: :data:`DEFAULT_NOTE` for runs, none for a study).
         smooth: EMA weight of the training-loss curves, in ``[0, 1)``.
         seed: seed of the bootstrap resampling.
 
     Returns:
-        Path of ``report.md`` (``report.html`` is beside it).
+        Path of ``report.md`` (``report.html`` is beside it; the first study's when several are given).
 
     Raises:
-        CompareError: a run folder or its ``metrics.jsonl`` is missing or malformed, or bad arguments.
+        CompareError: a run folder or its ``metrics.jsonl`` is missing or malformed, a bad study folder, or bad
+            arguments (``labels`` with study folders only).
     """
+    return build_reports(run_dirs, out_dir, labels, note, smooth=smooth, seed=seed)[0]
+
+
+def build_reports(run_dirs: Sequence[Path | str], out_dir: Path | str, labels: Optional[Sequence[str]] = None,
+                  note: Optional[str] = None, *, smooth: float = 0.9, seed: int = 0) -> List[Path]:
+    """:func:`build_report`, returning every ``report.md`` written (one per study when only studies are given)."""
     if not run_dirs:
         raise CompareError("no run folders given")
+    if all(is_study(d) for d in run_dirs):
+        if labels:
+            raise CompareError("--labels names run folders; the runs of a study folder are named <arm>-s<seed>")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in [f for f, _ in FIGURES.values()] + list(TABLE_FILES):
+            (out / name).unlink(missing_ok=True)  # no run-comparison files left over from an earlier report
+        return [build_study_page(d, out if len(run_dirs) == 1 else out / Path(d).resolve().name, note,
+                                 smooth=smooth, seed=seed) for d in run_dirs]
     runs: List[Run] = []
     studies: List[Path] = []
     for d in run_dirs:
@@ -112,8 +134,9 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str, labels: Op
             runs.append(load_run(d))
     md = build_report_from_runs(runs, out_dir, labels, note, smooth=smooth, seed=seed)
     for study_dir in studies:
-        build_study_report(study_dir, Path(out_dir) / study_dir.resolve().name if len(studies) > 1 else out_dir)
-    return md
+        build_study_report(study_dir, Path(out_dir) / study_dir.resolve().name if len(studies) > 1 else out_dir,
+                           seed=seed)
+    return [md]
 
 
 def build_report_from_runs(runs: List[Run], out_dir: Path | str, labels: Optional[Sequence[str]] = None,
@@ -208,17 +231,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from analysis.wandb_source import load_wandb_runs
 
             runs = load_wandb_runs(args.wandb, args.runs or [])
-            md = build_report_from_runs(runs, args.out, args.labels, args.note, smooth=args.smooth, seed=args.seed)
+            mds = [build_report_from_runs(runs, args.out, args.labels, args.note, smooth=args.smooth,
+                                          seed=args.seed)]
         else:
             if args.runs:
                 raise CompareError("--runs needs --wandb ENTITY/PROJECT")
             if not args.run_dirs:
                 raise CompareError("give run folders (RUN_A RUN_B ...) or --wandb ENTITY/PROJECT --runs ID ...")
-            md = build_report(args.run_dirs, args.out, args.labels, args.note, smooth=args.smooth, seed=args.seed)
+            mds = build_reports(args.run_dirs, args.out, args.labels, args.note, smooth=args.smooth,
+                                seed=args.seed)
     except CompareError as err:
         print(f"compare.py: error: {err}", file=sys.stderr)
         return 2
-    print(f"report: {md}\n        {md.with_suffix('.html')}")
+    for md in mds:
+        print(f"report: {md}\n        {md.with_suffix('.html')}")
     return 0
 
 

@@ -64,7 +64,8 @@ def integer_x(ax, values: Sequence[float]) -> None:
         ax.set_xlim(min(values) - 0.5, max(values) + 0.5)
 
 
-def _empty(ax, text: str) -> None:
+def empty_axes(ax, text: str) -> None:
+    """Grey centred ``text`` on an axis that has nothing to draw."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
@@ -114,7 +115,7 @@ def plot_val_metric(runs: Sequence[Run], metric: str, path: Path) -> Optional[Pa
         if here:
             ax.legend(fontsize=9)
         else:
-            _empty(ax, f"no {split} evaluations")
+            empty_axes(ax, f"no {split} evaluations")
         drawn |= here
         ax.set_title(f"{metric.upper()} — {SPLIT_TITLES[split]}")
         ax.set_xlabel("epoch")

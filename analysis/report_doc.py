@@ -127,6 +127,7 @@ figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; margin-top: 4px; }
 code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; font-size: 0.92em; }
 .warnings { background: #fff8e1; border-left: 4px solid #f0ad4e; padding: 8px 12px 8px 30px; }
+.lead { font-size: 1.08em; background: #f4f9f4; border-left: 4px solid #2c7a2c; padding: 10px 14px; }
 .note { background: #eef6fc; border-left: 4px solid #1f77b4; padding: 8px 12px; }
 .ok { color: #2c7a2c; }
 """

@@ -3,11 +3,12 @@
     python analysis/wandb_report.py --entity E --project P --study NAME [--runs-dir runs] [--dry-run report.json]
 
 Reads ``RUNS/NAME/report/study.json`` (written by ``analysis/study.py``) or, without it, the run folders
-``RUNS/NAME/*/`` (``config.yaml`` + ``metrics.jsonl``). The report: the study summary (primary contrast: mean,
-95 % interval, p-value, seed noise), a panel grid whose run set is the W&B group NAME grouped by ``run.arm``
+``RUNS/NAME/*/`` (``config.yaml`` + ``metrics.jsonl``). The report: each primary contrast in one short sentence
+(mean, 95 % interval, p-value; :func:`analysis.contrast_text.headline`), the study summary (arms, seeds, device,
+noise floor), a panel grid whose run set is the W&B group NAME grouped by ``run.arm``
 (line plots of knee val SSIM, brain SSIM and brain PSNR against ``trainer/epoch`` and the training loss against
 ``trainer/step``, mean and band over seeds; never W&B's ``_step``), a run comparer, a media browser of the brain
-reconstruction panels, and a table of the selected and final metrics per arm.
+reconstruction panels, a table of the selected and final metrics per arm, and study.json's methods.
 
 Online it saves the report and prints its URL; when W&B does not know the study's runs yet it prints the
 ``wandb sync`` command for the runs' offline folders and exits 1. ``--dry-run FILE`` writes the report's spec
@@ -34,6 +35,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis.contrast_text import headline  # noqa: E402
 from analysis.runs import CompareError, cfg_get, parse_metrics, read_config  # noqa: E402
 from varnet_ds import run_folder  # noqa: E402  (torch-free: the run folder format)
 
@@ -136,12 +138,28 @@ def _num(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
-def _p(value: Any) -> str:
-    return "n/a" if not isinstance(value, (int, float)) else (f"{value:.2g}" if value >= 1e-3 else f"{value:.1e}")
+def _primary(study: Study) -> List[Dict[str, Any]]:
+    """study.json's primary contrasts: brain SSIM, primary checkpoint, all volumes, one per non-reference arm."""
+    s = study.summary or {}
+    checkpoint = s.get("primary", "selected")
+    return [c for c in s.get("contrasts", []) if isinstance(c, dict) and c.get("split") == "val_brain"
+            and c.get("metric") == "ssim" and c.get("checkpoint") == checkpoint and c.get("group") == "all"]
+
+
+def headline_markdown(study: Study) -> str:
+    """The report's first block: each primary contrast in one short sentence (or where to get them)."""
+    if not study.summary:
+        return f"No `{study.folder}/report/study.json` yet: run `python analysis/study.py {study.folder}` for the " \
+               "study's contrasts."
+    primary = _primary(study)
+    if not primary:
+        return (f"study.json has no primary contrast (brain SSIM, {study.summary.get('primary', 'selected')} "
+                "checkpoint, all volumes).")
+    return "\n\n".join(f"**{headline(c)}**" for c in primary)
 
 
 def summary_markdown(study: Study) -> str:
-    """The study summary: arms and seeds, then the primary contrast (or where to get it)."""
+    """Below the headline: arms and seeds, the device, the noise floor and where the method is."""
     s = study.summary
     arms: Dict[str, List[Any]] = {}
     if s:
@@ -153,22 +171,23 @@ def summary_markdown(study: Study) -> str:
              + ", ".join(f"{a} ({len(seeds)} seed{'s' * (len(seeds) != 1)})" for a, seeds in sorted(arms.items()))
              + "."]
     if not s:
-        lines.append(f"No `{study.folder}/report/study.json` yet: run `analysis/study.py` for the contrasts.")
         return "\n\n".join(lines)
-    checkpoint = s.get("primary", "selected")
-    primary = [c for c in s.get("contrasts", []) if c.get("split") == "val_brain" and c.get("metric") == "ssim"
-               and c.get("checkpoint") == checkpoint and c.get("group") == "all"]
     if s.get("device"):
         lines.append(f"Device: {s['device']}.")
-    for c in primary or []:
-        lines.append(
-            f"**Primary contrast: {c.get('arm')} - {c.get('reference')}, brain (transfer) SSIM, {checkpoint} "
-            f"checkpoint:** mean {_num(c.get('mean'))}, 95 % interval [{_num(c.get('ci_low'))}, "
-            f"{_num(c.get('ci_high'))}], p = {_p(c.get('p_value'))} ({c.get('n_seeds', '?')} seeds x "
-            f"{c.get('n_volumes', '?')} volumes; seed noise SD {_num(c.get('noise_floor_sd'))}; {c.get('method', '')})")
-    if not primary:
-        lines.append(f"study.json has no primary contrast (val_brain ssim, {checkpoint}, group all).")
+    for c in _primary(study):
+        lines.append(f"{c.get('arm')} − {c.get('reference')}: paired by seed; the seed-to-seed sd of "
+                     f"{c.get('reference')}'s mean brain SSIM (noise floor) is {_num(c.get('noise_floor_sd'))}; "
+                     f"{c.get('arm')} was better on {c.get('wins', '?')} and worse on {c.get('losses', '?')} of "
+                     f"{c.get('n_volumes', '?')} brain volumes (seed-averaged). Method: at the end of this report.")
     return "\n\n".join(lines)
+
+
+def method_markdown(study: Study) -> str:
+    """study.json's methods, one paragraph each (the contrast's procedure in full)."""
+    methods = (study.summary or {}).get("methods", {})
+    if not methods:
+        return "No study.json methods (run `analysis/study.py`)."
+    return "\n\n".join(f"**{k}**: {v}" for k, v in methods.items())
 
 
 def _mean_sd(values: Sequence[Any]) -> str:
@@ -212,9 +231,11 @@ def build_report(study: Study, entity: str, project: str) -> Any:
     panels += [wr.RunComparer(diff_only="split", layout=wr.Layout(x=12, y=6, w=12, h=6)),
                wr.MediaBrowser(title="Brain reconstructions", media_keys=list(MEDIA_KEYS), num_columns=4,
                                layout=wr.Layout(x=0, y=12, w=24, h=8))]
-    blocks = [wr.MarkdownBlock(text=summary_markdown(study)), wr.H2(text="Validation and training curves"),
-              wr.PanelGrid(runsets=[runset], panels=panels), wr.H2(text="Selected and final metrics"),
-              wr.MarkdownBlock(text=metrics_table_markdown(study))]
+    blocks = [wr.MarkdownBlock(text=headline_markdown(study)), wr.MarkdownBlock(text=summary_markdown(study)),
+              wr.H2(text="Validation and training curves"), wr.PanelGrid(runsets=[runset], panels=panels),
+              wr.H2(text="Selected and final metrics"), wr.MarkdownBlock(text=metrics_table_markdown(study))]
+    if study.summary:
+        blocks += [wr.H2(text="Method"), wr.MarkdownBlock(text=method_markdown(study))]
     return wr.Report(project=project, entity=entity, title=f"{study.name}: knee -> brain study"[:128],
                      description=f"Arms x seeds of the W&B group {study.name}", blocks=blocks)
 

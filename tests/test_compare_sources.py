@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List
 
-import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
@@ -18,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # analysis/ is a top-level folder of the repo, not an installed package
     sys.path.insert(0, str(REPO))
 
+from browser import screenshot  # noqa: E402
 from compare_runs import make_report, make_runs, read_jsonl  # noqa: E402
 
 from analysis.compare import build_report_from_runs, main  # noqa: E402
@@ -120,30 +119,8 @@ def test_wandb_without_api_key_fails_clearly(tmp_path, monkeypatch, capsys):
     assert "expected ENTITY/PROJECT" in capsys.readouterr().err
 
 
-def _chromium() -> str:
-    """Path of Debian's chromium (``make install`` installs it; a run whose venv predates that installs it here, with
-    the same script), failing loudly when it cannot be had."""
-    exe = Path("/usr/bin/chromium")
-    if not exe.is_file():
-        script = Path(__file__).resolve().parents[1] / "scripts" / "install_apt.sh"
-        proc = subprocess.run(["bash", str(script), "chromium", str(exe), "no Chromium"], capture_output=True,
-                              text=True, timeout=1200)
-        if not exe.is_file():
-            pytest.fail(f"/usr/bin/chromium is missing and could not be installed: {proc.stdout.strip()} "
-                        "(run `apt-get install -y chromium` as root)")
-    return str(exe)
-
-
 def test_report_html_renders_in_headless_chromium(report, tmp_path):
-    shot = tmp_path / "report.png"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
-           report.with_suffix(".html").resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, f"chromium failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-    assert shot.is_file(), f"no screenshot written:\n{proc.stderr[-3000:]}"
-    img = mpimg.imread(shot)[..., :3]
+    img = screenshot(report.with_suffix(".html"), tmp_path, height=2000)
     assert img.shape[:2] == (2000, 1280)
     assert float(img.std()) > 0.05, "blank screenshot"
     dark = (img.max(axis=-1) < 0.35).mean()

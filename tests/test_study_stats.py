@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -314,22 +315,28 @@ def test_no_study_yaml_or_no_runs(tmp_path, capsys):
 
 
 def test_compare_accepts_a_study_folder(tmp_path, capsys):
+    """Alone, a study folder gets the study report (tests/test_study_page.py); beside a loose run folder it stands
+    for its runs in the run comparison, with the study outputs written too."""
     study = write_study(tmp_path / "mini", seeds=(1, 2), brain=BRAIN_VOLS[:1], knee=KNEE_VOLS[:1], accs=(4,))
     out = tmp_path / "out"
     assert compare_main([str(study), "--out", str(out)]) == 0
-    with open(out / "transfer_table.csv", newline="") as f:
-        labels = list(dict.fromkeys(r["label"] for r in csv.DictReader(f)))
-    assert labels == ["baseline-s1", "baseline-s2", "mraugment-s1", "mraugment-s2"]
-    with open(out / "paired_comparison.csv", newline="") as f:
-        refs = {r["reference"] for r in csv.DictReader(f)}
-    assert refs == {"baseline-s1"}
     text = (out / "study.json").read_text()
     summary = _strict(text)  # one volume: p is undefined -> null, not NaN
     assert summary["study"] == "mini" and summary["arms"]["mraugment"]["seeds"] == [1, 2]
     assert len(summary["contrasts"]) == 12 and all(c["p_value"] is None for c in summary["contrasts"])
-    for name in ("per_volume.csv", "study_seeds.png", "study.md", "report.md"):
+    for name in ("per_volume.csv", "study_seeds.png", "study.md", "report.md", "report.html"):
         assert (out / name).is_file(), name
     assert "no interval (fewer than 2 seeds or volumes)" in (out / "study.md").read_text()
+    assert "There is no interval: it needs at least 2 seeds and 2 volumes." in (out / "report.md").read_text()
+    assert not (out / "transfer_table.csv").exists()
+    loose = tmp_path / "loose"
+    shutil.copytree(study / "baseline-s1", loose)
+    mixed = tmp_path / "mixed"
+    assert compare_main([str(loose), str(study), "--out", str(mixed)]) == 0
+    with open(mixed / "transfer_table.csv", newline="") as f:
+        labels = list(dict.fromkeys(r["label"] for r in csv.DictReader(f)))
+    assert labels == ["baseline-s1", "baseline-s1#2", "baseline-s2", "mraugment-s1", "mraugment-s2"]
+    assert (mixed / "study.json").is_file() and "Differences" in (mixed / "report.md").read_text()
 
 
 def test_cli_end_to_end_with_readme(tmp_path, capsys, monkeypatch):

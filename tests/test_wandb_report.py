@@ -20,6 +20,7 @@ from varnet_ds.tracking.tracker import Tracker
 
 STUDY = "k2b-study"
 ARMS = {"baseline": (0.60, 0.66), "mraugment": (0.58, 0.65)}  # (knee, brain) SSIM at the last epoch
+METHOD = "Pairing: run <arm>-s<s> with run <reference>-s<s> ... " + "x" * 1200  # as long as the real one
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +89,11 @@ def no_network(monkeypatch, tmp_path):
 
 def _study_json(root: Path) -> dict:
     data = {"study": STUDY, "primary": "selected", "reference": "baseline", "device": "8x H200", "arms": {},
+            "methods": {"contrast": METHOD},
             "contrasts": [{"arm": "mraugment", "reference": "baseline", "split": "val_brain", "metric": "ssim",
                            "checkpoint": "selected", "group": "all", "mean": -0.0137, "ci_low": -0.021,
                            "ci_high": -0.0069, "p_value": 0.0123, "n_seeds": 2, "n_volumes": 4,
-                           "noise_floor_sd": 0.0042, "method": "paired bootstrap"},
+                           "noise_floor_sd": 0.0042, "wins": 1, "losses": 3, "method": METHOD},
                           {"arm": "mraugment", "reference": "baseline", "split": "val_brain", "metric": "ssim",
                            "checkpoint": "final", "group": "all", "mean": 0.5, "ci_low": 0.4, "ci_high": 0.6,
                            "p_value": 0.5, "n_seeds": 2, "n_volumes": 4, "noise_floor_sd": 0.1, "method": "x"}]}
@@ -144,8 +146,18 @@ def test_dry_run_spec(study_root, no_network, tmp_path):
     assert all(any(k.startswith(m + "/") for k in logged) for m in media)
     text = json.dumps(spec["spec"]["blocks"], ensure_ascii=False)
     assert "_step" not in json.dumps([p["config"] for p in panels])
-    assert "-0.0137" in text and "[-0.0210, -0.0069]" in text and "p = 0.012" in text and "0.0042" in text
-    assert "0.5000" not in text  # the final-checkpoint contrast is not the primary one
+    # the first text block: the primary contrast in one short sentence; the method only at the end
+    blocks = spec["spec"]["blocks"]
+    texts = [(i, b["content"]) for i, b in enumerate(blocks) if b["type"] == "markdown-block"]
+    first = texts[0][1]
+    assert first == ("**mraugment − baseline, brain SSIM: −0.0137 (95 % CI −0.0210 to −0.0069, excludes zero; "
+                     "p = 0.012; 2 seeds × 4 volumes).**")
+    assert len(first) < 200 and first.count(". ") == 0 and "\n" not in first
+    assert "0.0042" in texts[1][1] and "better on 1 and worse on 3 of 4" in texts[1][1]
+    method_at = [i for i, t in texts if METHOD in t]
+    headings = [b["children"][0]["text"] for b in blocks if b["type"] == "heading"]
+    assert method_at == [texts[-1][0]] and headings[-1] == "Method" and text.count(METHOD) == 1
+    assert "0.5000" not in text and "+0.5" not in text  # the final-checkpoint contrast is not the primary one
     assert "| mraugment | 2 | 0.5900 ± 0.0000 | 0.5800 ± 0.0000 | 0.6605 ± 0.0007 | 0.6500 ± 0.0000 |" in text
 
     # reload round trip: JSON -> Report -> JSON, no warnings, no Unknown* block or panel
@@ -164,7 +176,10 @@ def test_without_study_json_uses_run_folders(study_root, no_network, tmp_path):
     root, _ = study_root
     spec = _dry_run(root, tmp_path / "r.json")
     text = json.dumps(spec["spec"]["blocks"], ensure_ascii=False)
-    assert "no `" not in text.lower() or "study.json" in text
+    first = next(b["content"] for b in spec["spec"]["blocks"] if b["type"] == "markdown-block")
+    assert first == (f"No `{root / STUDY}/report/study.json` yet: run `python analysis/study.py {root / STUDY}` for "
+                     "the study's contrasts.")
+    assert "Method" not in [b["children"][0]["text"] for b in spec["spec"]["blocks"] if b["type"] == "heading"]
     # selected = the evaluation selected.json names (epoch 1), final = the last one; mean ± SD over 2 seeds
     assert "| baseline | 2 | 0.6100 ± 0.0000 | 0.6000 ± 0.0000 | 0.6705 ± 0.0007 | 0.6605 ± 0.0007 |" in text
     assert "baseline (2 seeds), mraugment (2 seeds)" in text
