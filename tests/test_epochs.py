@@ -35,8 +35,9 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
 from trainrun import NO_EVAL, common, finish, rows_of, start, tail, wait_until
+
+from varnet_ds.data.loader import EpochOrder
 
 pytestmark = pytest.mark.slow
 
@@ -233,9 +234,8 @@ def test_nonfinite_loss_on_one_rank_is_skipped_by_both(synth_dirs, tmp_path):
     shutil.copytree(synth_dirs["train"], train)
     names = sorted(f.name for f in train.glob("*.h5"))
     slices = 3  # conftest.SYNTH_SLICES; dataset index = file index * slices + slice
-    order = DistributedSampler(range(len(names) * slices), num_replicas=1, rank=0, shuffle=True, seed=SEED)
-    order.set_epoch(0)
-    first = list(order)[:2]  # the first micro-step: rank 0 trains first[0], rank 1 first[1]
+    # the first micro-step (the run's epoch-0 order): rank 0 trains first[0], rank 1 first[1]
+    first = list(EpochOrder(len(names) * slices, SEED, epoch=0))[:2]
     bad_name, bad_slice = names[first[1] // slices], first[1] % slices
     with h5py.File(train / bad_name, "r+") as hf:
         hf["kspace"][bad_slice] = np.full(hf["kspace"].shape[1:], np.nan, dtype=hf["kspace"].dtype)

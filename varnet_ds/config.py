@@ -9,6 +9,7 @@ Unknown keys and wrong types raise :class:`ConfigError` naming the offending key
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -218,6 +219,10 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"config key 'model.sens_chunk' = {cfg.model.sens_chunk}: must be >= 0 (0 = all coils)")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers' = {cfg.data.num_workers}: must be >= 0")
+    for tag in cfg.log.wandb.tags:  # the seed and arm tags are derived per run (tracking.wandb_run.run_identity)
+        if not str(tag).strip() or re.fullmatch(r"seed--?[0-9]+", str(tag)):
+            raise ConfigError(f"config key 'log.wandb.tags' holds {tag!r}: give non-empty tags shared by every run; "
+                              "seed-<run.seed> and the arm (run.arm, else log.wandb.job_type) are added per run")
 
 
 def load_config(

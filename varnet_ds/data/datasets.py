@@ -26,6 +26,7 @@ from fastmri.data.subsample import MaskFunc, create_mask_for_mask_type
 from varnet_ds.config import MASK_TYPES
 from varnet_ds.data.device_augment import FullySampledSample
 from varnet_ds.data.fastmri_file import DataError, list_h5_files
+from varnet_ds.seeding import derive_seed, seed_sequence, seed_words
 
 # Only for varnet_ds/eval/validate.py, which still imports these two from here; drop once it imports them from
 # varnet_ds.data.samplers.
@@ -72,7 +73,8 @@ class VarNetTransform:
         augmentor: Object with ``augment(kspace [coils, H, W, 2], target_size (h, w), p, generator) ->
             (kspace_aug, target_aug [h, w])``, e.g. ``varnet_ds.data.augment.MRAugment``.
         schedule: ``schedule(epoch) -> p`` (e.g. ``AugmentSchedule``); required with an augmentor.
-        seed: Initial seed of the augmentation generator (workers re-seed it via :func:`seed_worker`).
+        seed: The augmentation generator starts on stream ``("transform", seed)``; :meth:`reseed` (per sample,
+            per worker) replaces it and the mask RNG's stream.
     """
 
     def __init__(
@@ -95,7 +97,7 @@ class VarNetTransform:
         self.schedule = schedule
         self.epoch = 0
         self.generator = torch.Generator()
-        self.generator.manual_seed(seed)
+        self.generator.manual_seed(derive_seed("transform", seed))
         self._plain = T.VarNetDataTransform(mask_func=mask_func, use_seed=use_seed)
 
     def set_epoch(self, epoch: int) -> None:
@@ -110,11 +112,11 @@ class VarNetTransform:
         return float(self.schedule(self.epoch))
 
     def reseed(self, seed: int) -> None:
-        """Re-seed the mask RNG and the augmentation generator from one integer (independent streams)."""
-        mask_seed, aug_seed = np.random.SeedSequence(int(seed)).generate_state(2)
+        """Re-seed the mask RNG and the augmentation generator from one integer: streams ``("mask", seed)``
+        (128 bits for the mask's ``RandomState``) and ``("augment", seed)``."""
         if self.mask_func is not None:
-            self.mask_func.rng.seed(int(mask_seed))
-        self.generator.manual_seed(int(aug_seed))
+            self.mask_func.rng.seed(seed_words("mask", seed))
+        self.generator.manual_seed(derive_seed("augment", seed))
 
     def __call__(
         self,
@@ -242,7 +244,7 @@ def make_slice_dataset(
     """A multicoil slice dataset over one folder with deterministic subsampling.
 
     Subsampling does not touch the global ``random`` module (as ``SliceDataset`` does): it uses a NumPy
-    generator seeded by ``seed``, so every rank selects the same subset.
+    generator on stream ``("subsample", seed)``, so every rank selects the same subset.
 
     Args:
         root: Folder of fastMRI multicoil ``*.h5`` files.
@@ -273,7 +275,7 @@ def make_slice_dataset(
     keep = set(names)
     if max_volumes is not None:
         keep = set(names[:max_volumes])
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed_sequence("subsample", seed))
     if volume_sample_rate is not None:
         kept = sorted(keep)
         n = max(1, round(len(kept) * volume_sample_rate))
@@ -330,15 +332,17 @@ def build_train_dataset(
 ) -> FolderSliceDataset:
     """Training dataset from ``cfg.data`` (random masks per draw; MRAugment when ``augmentor`` is given).
 
-    Pass the augmentor only for CPU augmentation (``aug.device == "cpu"``); masks are seeded from ``run.seed``
-    and re-seeded per worker by :func:`build_loader`.
+    Pass the augmentor only for CPU augmentation (``aug.device == "cpu"``). The mask and augmentation streams
+    start from ``("transform", run.seed)``; workers (:func:`build_loader`) and every training sample
+    (:class:`varnet_ds.data.loader.PerSampleSeed`) re-seed them.
     """
     data = cfg.data
     if not data.train_path:
         raise ValueError("config key 'data.train_path' is not set")
-    mask_func = build_mask_func(data.mask_type, data.center_fractions, data.accelerations, seed=cfg.run.seed)
+    mask_func = build_mask_func(data.mask_type, data.center_fractions, data.accelerations)
     transform = VarNetTransform(mask_func, use_seed=False, augmentor=augmentor, schedule=schedule,
                                 seed=cfg.run.seed, augment_on_device=augmentor is not None and cfg.aug.device == "cuda")
+    transform.reseed(derive_seed("transform", cfg.run.seed))  # the mask RNG too, not only the generator
     return make_slice_dataset(
         data.train_path,
         transform,

@@ -10,14 +10,37 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Sampler
 
 from varnet_ds.data.augment import AugmentSchedule, MRAugment
 from varnet_ds.data.datasets import build_train_dataset
 from varnet_ds.data.device_augment import FullySampledSample, augment_and_mask
 from varnet_ds.data.samplers import build_loader
 from varnet_ds.distributed import DistInfo
-from varnet_ds.seeding import sample_seed
+from varnet_ds.seeding import derive_seed, sample_seed
+
+
+class EpochOrder(Sampler):
+    """The epoch's global sample order: a permutation of ``range(size)`` from stream ``("order", seed, epoch)``.
+
+    The same on every rank (:class:`SkipSampler` splits it). Unlike ``DistributedSampler(seed=s)``, which draws
+    epoch ``e`` from ``s + e`` (seed 1 epoch 1 = seed 2 epoch 0), no two (seed, epoch) share an order stream.
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int = 0) -> None:
+        if int(size) < 0:
+            raise ValueError(f"EpochOrder: size = {size} must be >= 0")
+        self.size, self.seed, self.epoch = int(size), int(seed), int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(derive_seed("order", self.seed, self.epoch))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class SkipSampler(Sampler):
@@ -100,16 +123,14 @@ class TrainData:
     def loader(self, epoch: int, skip: int = 0):
         """A loader for ``epoch``, skipping the samples of ``skip`` batches per rank (and ``start``) already done.
 
-        The epoch's order is one global permutation from (run.seed, epoch), DistributedSampler's; the samples done
+        The epoch's order is one global permutation from (run.seed, epoch) (:class:`EpochOrder`); the samples done
         are dropped from it and the rest is split across this job's ranks (:class:`SkipSampler`), so a resume on
         another world size neither repeats nor skips a sample of the interrupted epoch.
         """
         self.aug_p = float(self.schedule(epoch))
         if hasattr(self.transform, "set_epoch"):
             self.transform.set_epoch(epoch)
-        order = DistributedSampler(self.dataset, num_replicas=1, rank=0, shuffle=True, seed=self.cfg.run.seed,
-                                   drop_last=False)
-        order.set_epoch(epoch)
+        order = EpochOrder(len(self.dataset), self.cfg.run.seed, epoch)
         sampler = SkipSampler(order, self.samples_done(epoch, skip), self.dist.world_size, self.dist.rank)
         return build_loader(self.dataset, sampler, num_workers=self.cfg.data.num_workers, base_seed=self.cfg.run.seed,
                             rank=self.dist.rank, epoch=epoch, batch_size=self.cfg.data.batch_size)

@@ -2,7 +2,8 @@
 
 Training splits one global sample order per epoch across the ranks (:mod:`varnet_ds.data.loader`); evaluation
 uses :class:`DistributedVolumeSampler` (whole volumes per rank). :func:`build_loader` makes a DataLoader whose
-non-persistent workers seed every RNG from (run seed, epoch, rank, worker id).
+non-persistent workers seed every RNG from (loader kind, run seed, epoch, rank, worker id)
+(:func:`varnet_ds.seeding.worker_seed`).
 
 Validation metrics (SSIM, PSNR, NMSE) are per volume, so every slice of a volume must be reconstructed on the
 same rank. :class:`DistributedVolumeSampler` assigns whole volumes to ranks (balanced by slice count) and pads
@@ -87,7 +88,8 @@ class DistributedVolumeSampler(VolumeSampler):
         return self.num_samples
 
 
-def seed_worker(base_seed: int, epoch: int, rank: int, worker_id: int, transform: Optional[Any] = None) -> int:
+def seed_worker(base_seed: int, epoch: int, rank: int, worker_id: int, transform: Optional[Any] = None,
+                kind: str = "train") -> int:
     """Seed ``random``, NumPy, torch and (if given) a transform's mask/augmentation RNGs; return the seed.
 
     Args:
@@ -96,8 +98,9 @@ def seed_worker(base_seed: int, epoch: int, rank: int, worker_id: int, transform
         rank: Global rank.
         worker_id: DataLoader worker id (0 in the main process).
         transform: A ``VarNetTransform`` (anything with ``reseed(int)``) or None.
+        kind: ``train`` or ``eval`` (:data:`varnet_ds.seeding.LOADER_KINDS`): separate worker streams.
     """
-    seed = worker_seed(base_seed, epoch, rank, worker_id)
+    seed = worker_seed(base_seed, epoch, rank, worker_id, kind)
     seed_globals(seed)
     if transform is not None and hasattr(transform, "reseed"):
         transform.reseed(seed)
@@ -105,16 +108,16 @@ def seed_worker(base_seed: int, epoch: int, rank: int, worker_id: int, transform
 
 
 class _WorkerInit:
-    """Picklable ``worker_init_fn``: seeds the worker from (base seed, epoch, rank, worker id)."""
+    """Picklable ``worker_init_fn``: seeds the worker from (loader kind, base seed, epoch, rank, worker id)."""
 
-    def __init__(self, base_seed: int, rank: int, epoch: int):
-        self.base_seed, self.rank, self.epoch = base_seed, rank, epoch
+    def __init__(self, base_seed: int, rank: int, epoch: int, kind: str = "train"):
+        self.base_seed, self.rank, self.epoch, self.kind = base_seed, rank, epoch, kind
 
     def __call__(self, worker_id: int) -> None:
         info = torch.utils.data.get_worker_info()
         transform = getattr(info.dataset, "transform", None) if info is not None else None
         epoch = getattr(transform, "epoch", self.epoch)  # VarNetTransform.set_epoch is the source of truth
-        seed_worker(self.base_seed, epoch, self.rank, worker_id, transform)
+        seed_worker(self.base_seed, epoch, self.rank, worker_id, transform, self.kind)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
@@ -132,7 +135,7 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     if isinstance(init, _WorkerInit):
         init.epoch = epoch
         if loader.num_workers == 0 and hasattr(transform, "reseed"):
-            transform.reseed(worker_seed(init.base_seed, epoch, init.rank, 0))
+            transform.reseed(worker_seed(init.base_seed, epoch, init.rank, 0, init.kind))
 
 
 def build_loader(
@@ -144,22 +147,25 @@ def build_loader(
     epoch: int,
     batch_size: int = 1,
     pin_memory: bool = False,
+    kind: str = "train",
 ) -> DataLoader:
     """A DataLoader with seeded, non-persistent workers (fastMRI's default collate; batch size 1).
 
     Sets ``epoch`` on the sampler and on the dataset's transform (see :func:`set_loader_epoch`). Worker ``w``
     of ``rank`` seeds ``random``/NumPy/torch and the transform's mask and augmentation RNGs with
-    ``worker_seed(base_seed, epoch, rank, w)``; the main process does not touch the global RNGs.
+    ``worker_seed(base_seed, epoch, rank, w, kind)``; the main process does not touch the global RNGs.
+    ``kind`` (``train`` or ``eval``) keeps the training and evaluation loaders' worker streams apart.
     """
     if num_workers < 0:
         raise ValueError(f"num_workers = {num_workers}: must be >= 0")
+    worker_seed(base_seed, epoch, rank, 0, kind)  # a bad epoch, rank or kind fails here, named, not in a worker
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         shuffle=False,
         num_workers=num_workers,
-        worker_init_fn=_WorkerInit(base_seed, rank, epoch),
+        worker_init_fn=_WorkerInit(base_seed, rank, epoch, kind),
         persistent_workers=False,
         pin_memory=pin_memory,
     )

@@ -80,7 +80,8 @@ def evaluate_split(model: torch.nn.Module, split: EvalSplit, dist: DistInfo, num
                 cache[key] = dataset
         table = volume_table(dataset)
         sampler = DistributedVolumeSampler(dataset, num_replicas=dist.world_size, rank=dist.rank)
-        loader = build_loader(dataset, sampler, num_workers=num_workers, base_seed=seed, rank=dist.rank, epoch=0)
+        loader = build_loader(dataset, sampler, num_workers=num_workers, base_seed=seed, rank=dist.rank, epoch=0,
+                              kind="eval")
         acc_state = VolumeAccumulator(owned=sampler.owned_volumes)
         owned = {k: v for k, v in table.items() if k in sampler.owned_volumes}
         panel_key = _panel_key(owned) if (pair_index == 0 and dist.is_main) else None

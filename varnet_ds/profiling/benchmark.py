@@ -21,6 +21,7 @@ from varnet_ds.model.step import ssim_loss
 from varnet_ds.model.varnet import VarNetDS, build_model
 from varnet_ds.profiling.memtrack import measure_step
 from varnet_ds.profiling.planner import make_batch, time_steps, train_step_fn
+from varnet_ds.seeding import derive_seed
 from varnet_ds.system import GIB, release_memory
 
 REFERENCE = "reference fp32 (plain PyTorch)"
@@ -101,12 +102,12 @@ def _bench_plain(model: torch.nn.Module, name: str, batch, device: torch.device,
 
 def bench_reference(model_kw: dict, batch, device: torch.device, steps: int, name: str = REFERENCE) -> BenchResult:
     """fastMRI VarNet + torch Adam + SSIMLoss, fp32, no DeepSpeed, no checkpointing."""
-    torch.manual_seed(0)
+    torch.manual_seed(derive_seed("benchmark", 0))
     return _bench_plain(VarNet(**model_kw), name, batch, device, steps)
 
 
 def _our_model(model_kw: dict, checkpointing: str, precision: str, sens_chunk: int, compiled: bool) -> VarNetDS:
-    torch.manual_seed(0)
+    torch.manual_seed(derive_seed("benchmark", 0))
     weights = VarNet(**model_kw).state_dict()  # the reference's initial weights (same seed)
     model = build_model(model_kw, precision, checkpointing=checkpointing, sens_chunk=sens_chunk, compile=compiled)
     model.load_state_dict(weights)
@@ -195,7 +196,7 @@ def bench_augment(shape: Tuple[int, int, int] = (15, 640, 368), device: str = "c
     for weight in fields(cfg.weights):
         setattr(cfg.weights, weight.name, 1.0)
     aug = MRAugment(cfg)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(derive_seed("benchmark", 1))
     kspace = torch.randn(*shape, dtype=torch.complex64, generator=gen).to(device)
     times = []
     for i in range(repeats + 1):  # first run is warm-up

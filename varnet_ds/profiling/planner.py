@@ -38,6 +38,7 @@ import torch
 from varnet_ds.config import CHECKPOINTING, PRECISIONS
 from varnet_ds.model.step import loss_of, ssim_loss
 from varnet_ds.model.varnet import SENS_CHECKPOINTED, build_model, count_parameters
+from varnet_ds.seeding import derive_seed
 from varnet_ds.system import GIB, release_memory
 
 PathLike = Union[str, Path]
@@ -126,7 +127,7 @@ def make_batch(coils: int, h: int, w: int, device: Union[str, torch.device], bat
     Returns:
         ``(masked_kspace [B, coils, h, w, 2], mask [B, 1, 1, w, 1] bool, target [B, th, tw], max_value [B])``.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(derive_seed("planner", 0, seed))
     kspace = torch.randn(batch_size, coils, h, w, 2, generator=g) * 1e-4
     mask = torch.zeros(batch_size, 1, 1, w, 1, dtype=torch.bool)
     mask[..., ::acceleration, :] = True
@@ -176,7 +177,7 @@ def run_policy(model_cfg: Any, policy: Policy, batch: Batch, device: torch.devic
     Returns:
         ``(median step seconds after warm-up, last loss)``.
     """
-    torch.manual_seed(0)
+    torch.manual_seed(derive_seed("planner", 1))  # the same initial weights for every policy
     model = build_model(model_cfg, policy.precision, checkpointing=policy.checkpointing,
                         sens_chunk=policy.sens_chunk).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)

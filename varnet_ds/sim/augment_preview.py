@@ -14,6 +14,7 @@ import torch
 
 from varnet_ds.config import AugConfig
 from varnet_ds.data.augment import MRAugment
+from varnet_ds.seeding import derive_seed
 from varnet_ds.sim.synth import write_dataset
 
 
@@ -67,7 +68,7 @@ def write_preview(out: str, file: Optional[str] = None, slice_idx: Optional[int]
     fig, axes = plt.subplots(len(p_values), draws, figsize=(1.7 * draws, 1.95 * len(p_values)), squeeze=False)
     vmax = None
     for row, p in enumerate(p_values):
-        gen = torch.Generator().manual_seed(seed + row)
+        gen = torch.Generator().manual_seed(derive_seed("preview", seed, row))  # not seed + row: no overlap
         for col in range(draws):
             _, target = aug.augment(kspace, size, p, generator=gen)
             vmax = float(target.max()) if vmax is None else vmax

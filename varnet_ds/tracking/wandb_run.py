@@ -6,8 +6,11 @@ Login is decided by wandb itself: :func:`wandb_credentials` asks wandb's own cre
 would use (``WANDB_BASE_URL``, the wandb settings file, else wandb's default host).
 
 Run identity (:func:`run_identity`): name ``run.name`` (the study runner sets ``<arm>-s<seed>``), group
-``log.wandb.group`` (the study name; checked by :func:`validate_group`), job type ``log.wandb.job_type`` or
-``run.arm``, tags ``log.wandb.tags`` + ``seed-<seed>`` + ``<arm>``.
+``log.wandb.group`` (the study name; checked by :func:`validate_group`), the arm ``run.arm`` (set by the study
+runner), else ``log.wandb.job_type`` (a plain run: the YAML's own choice) as job type and tag, and tags
+``log.wandb.tags`` + ``seed-<seed>`` + ``<arm>``. ``log.wandb.tags`` holds what every run of a config shares
+(project, dataset); the arm and seed tags are derived from the run, never copied from a YAML, so a study run
+built on ``baseline.yaml`` with the arm ``mraugment`` is not tagged ``baseline``.
 
 Summaries: every key keeps W&B's default summary (the last value) under its own name; the tracker adds the best
 value under ``<key>_max`` for SSIM/PSNR and ``<key>_min`` for NMSE/loss (:func:`extreme_key`). W&B's
@@ -143,12 +146,14 @@ def resolve_wandb_mode(mode: Optional[str] = None) -> Tuple[str, Optional[str]]:
 
 
 def run_identity(cfg: DictConfig) -> Dict[str, Any]:
-    """``name``, ``group``, ``job_type`` and ``tags`` of the W&B run of ``cfg`` (see the module docstring)."""
+    """``name``, ``group``, ``job_type`` and ``tags`` of the W&B run of ``cfg`` (see the module docstring).
+
+    ``load_config`` refuses ``seed-<n>`` and empty entries in ``log.wandb.tags``: the seed tag is derived here.
+    """
     wb = cfg.log.wandb
-    arm = OmegaConf.select(cfg, "run.arm", default=None)
+    arm = OmegaConf.select(cfg, "run.arm", default=None) or wb.job_type
     tags: List[str] = list(wb.tags) + [f"seed-{OmegaConf.select(cfg, 'run.seed')}"] + ([str(arm)] if arm else [])
-    return dict(name=cfg.run.name, group=validate_group(wb.group), job_type=wb.job_type or arm,
-                tags=list(dict.fromkeys(tags)))
+    return dict(name=cfg.run.name, group=validate_group(wb.group), job_type=arm, tags=list(dict.fromkeys(tags)))
 
 
 class WandbRun:
