@@ -7,10 +7,13 @@ epochs, no evaluation. Refresh the committed values after a deliberate change wi
 
     UPDATE_EXPECTED_LOSSES=1 OMP_NUM_THREADS=1 python -m pytest -q tests/test_expected_loss.py
 
-and say in the commit why they moved. Tolerance: relative 2e-3 per step. Float summation order differs between
-CPUs (vector width, oneDNN kernels) and grows over steps; measured 2026-12-03 on the 2-core AMD EPYC box against
-2 threads per run the largest relative difference over the 27 steps was far below that (see the JSON's ``note``),
-while a change of seeds or of the mask moves the losses by percents from the first steps on.
+and say in the commit why they moved.
+
+Tolerance, from a measurement (2026-12-03, the 2-core AMD EPYC box, torch 2.13.0+cpu): with 1 thread (as the tests
+run) a rerun reproduces the losses bit for bit; with 2 threads the first 3 steps differ by at most 3e-6 relative,
+later steps diverge chaotically (float summation order) up to 4e-2, while the mean over the 27 steps moves by 0.2 %.
+So the test holds the first 3 losses to 1e-4 (they fix the initial weights, the first masks and the data order)
+and the mean to 1 %. The seeding change of 2026-12-03 moved the first loss by 6 % and the mean by 5 %.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 EXPECTED = Path(__file__).parent / "expected" / "demo_losses.json"
 STEPS = 27
-RTOL = 2e-3
+FIRST, FIRST_RTOL, MEAN_RTOL = 3, 1e-4, 1e-2
 
 
 def _args(synth_dirs, out: Path):
@@ -43,10 +46,11 @@ def test_first_losses_of_the_demo_config(synth_dirs, tmp_path):
     assert len(losses) == STEPS
     if os.environ.get("UPDATE_EXPECTED_LOSSES"):
         EXPECTED.parent.mkdir(exist_ok=True)
-        EXPECTED.write_text(json.dumps({"config": "demo", "steps": STEPS, "rtol": RTOL, "losses": losses,
+        EXPECTED.write_text(json.dumps({"config": "demo", "steps": STEPS, "losses": losses,
                                         "note": "tests/test_expected_loss.py; refresh on purpose"}, indent=1) + "\n")
     expected = json.loads(EXPECTED.read_text())["losses"]
-    worst = max(abs(a - b) / abs(b) for a, b in zip(losses, expected))
-    assert losses == pytest.approx(expected, rel=RTOL), (
-        f"the demo config's first {STEPS} losses moved (largest relative change {worst:.2e}); if the change is "
-        f"deliberate, refresh {EXPECTED} (see this module's docstring) and say why in the commit")
+    assert len(expected) == STEPS, EXPECTED
+    hint = (f"the demo config's first {STEPS} losses moved; if the change is deliberate, refresh {EXPECTED} (see "
+            "this module's docstring) and say why in the commit")
+    assert losses[:FIRST] == pytest.approx(expected[:FIRST], rel=FIRST_RTOL), hint
+    assert sum(losses) / STEPS == pytest.approx(sum(expected) / STEPS, rel=MEAN_RTOL), hint
