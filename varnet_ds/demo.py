@@ -124,12 +124,13 @@ def make_data(fresh: bool) -> dict:
     spec = repr(sorted(DEMO_SETS.items()))
     simulated = fresh or not (stamp.exists() and stamp.read_text() == spec)
     if simulated:
+        stamp.unlink(missing_ok=True)
         simulate_data()
-        stamp.write_text(spec)
     else:
         say(f"demo data present in {DATA} (use --fresh to regenerate)")
     verify_data(manifest, simulated)
     if simulated:
+        stamp.write_text(spec)  # only data that matches the manifest is taken as present next time
         subprocess.run([sys.executable, "-m", "varnet_ds.data.check", str(DATA / "knee_train"),
                         str(DATA / "knee_val"), str(DATA / "brain")], check=True)
     return manifest

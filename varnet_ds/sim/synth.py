@@ -45,7 +45,7 @@ PRODUCED_BY = "produced_by"  # the one attr that is informational (not part of t
 
 
 def produced_by() -> str:
-    """``varnet_ds 0.2.0; numpy 2.4.6; scipy …; torch …; h5py …``: what wrote a file (the ``produced_by`` attr)."""
+    """``varnet_ds 0.2.0; numpy 2.4.6; scipy …; torch …; h5py …``: what wrote a file (its ``produced_by``)."""
     libs = library_versions()
     return "; ".join([f"varnet_ds {package_version()}"] + [f"{k} {libs[k]}" for k in ("numpy", "scipy", "torch",
                                                                                         "h5py")])
