@@ -49,7 +49,7 @@ else
 	$(VPY) -m pip install -q $(TORCH_SPEC)
 endif
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
-	@bash scripts/install_apt.sh mricron-data /usr/share/mricron/templates/ch2.nii.gz "using nilearn's MNI152 fallback"
+	$(VPY) -m varnet_ds.sim.anatomy fetch
 	@bash scripts/install_apt.sh chromium /usr/bin/chromium "the report render test will try again"
 	@# CPU only: build DeepSpeed's shared-memory comm op now (~30 s) instead of in the first training start
 	DS_ACCELERATOR=cpu $(VPY) -c "import sys, torch; torch.cuda.is_available() and sys.exit(0); from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()" > /dev/null

@@ -2,7 +2,6 @@
 # Usage: scripts/install_apt.sh PACKAGE FILE WHY
 # Installs Debian's PACKAGE when FILE is missing, if we are root and apt-get exists (apt-get update once if the
 # first try fails). Never fails: prints one line saying what happened and what is used instead (WHY).
-#   mricron-data: the Colin27 brain template; the simulator falls back to nilearn's bundled MNI152 template.
 #   chromium: the headless render check of the compare.py report (tests/test_compare_sources.py).
 set -u
 PACKAGE=$1 FILE=$2 WHY=$3

@@ -175,7 +175,7 @@ def test_declared_dependencies_are_what_the_code_imports():
                     imported.setdefault(name.split(".")[0], str(path.relative_to(ROOT)))
     third_party = {m: p for m, p in imported.items()
                    if m not in sys.stdlib_module_names and m not in ("varnet_ds", "analysis", "__future__")}
-    known = set(cli.DEPENDENCIES) | set(cli.EXTRAS) | {"nilearn"}  # nilearn: brain_anatomy's fallback, going away
+    known = set(cli.DEPENDENCIES) | set(cli.EXTRAS)
     assert set(third_party) <= known, {m: p for m, p in third_party.items() if m not in known}
 
 

@@ -14,10 +14,10 @@ from fastmri.data import SliceDataset
 from fastmri.data.subsample import RandomMaskFunc
 from fastmri.data.transforms import VarNetDataTransform, VarNetSample, center_crop, to_tensor
 
-from varnet_ds.sim import brain_anatomy, mri_physics
+from varnet_ds.sim import anatomy, brain_anatomy, mri_physics
 from varnet_ds.sim.fastmri_header import encoding_limits
 from varnet_ds.sim.knee_phantom import knee_slice, sample_knee_params
-from varnet_ds.sim.simulate import make_spec
+from varnet_ds.sim.simulate import GENERATOR_VERSION, make_spec
 from varnet_ds.sim.synth import SIMULATOR, main, write_dataset
 
 SPLITS = {"train": (3, 48), "val": (2, 48), "brain": (2, 40)}  # volumes, k-space width
@@ -105,7 +105,8 @@ def test_attrs_and_file_names(synth_dirs):
             assert attrs["max"] == pytest.approx(float(recon.max()), rel=1e-6)
             assert attrs["norm"] == pytest.approx(float(np.linalg.norm(recon.astype(np.float64))), rel=1e-6)
             assert re.fullmatch(r"[0-9a-f]{64}", attrs["patient_id"])
-            assert attrs["simulator"] == SIMULATOR
+            assert attrs["simulator"] == SIMULATOR and attrs["generator_version"] == GENERATOR_VERSION
+            assert attrs["produced_by"].startswith("varnet_ds ") and "numpy " in attrs["produced_by"]
             assert attrs["seed"] == {"train": 0, "val": 1, "brain": 2}[split]
             if split == "brain":
                 assert re.fullmatch(r"file_brain_(AXT1|AXT2)_2(0\d|10)_\d{7}\.h5", fname.name)
@@ -113,18 +114,18 @@ def test_attrs_and_file_names(synth_dirs):
                 brain_acqs.append(attrs["acquisition"])
             else:
                 assert re.fullmatch(r"file\d{7}\.h5", fname.name)
-                assert attrs["anatomy_source"] == "procedural phantom"
+                assert attrs["anatomy_source"] == "procedural phantom" and "anatomy_sha256" not in attrs
                 assert 2e-5 < attrs["max"] < 3e-3  # fastMRI-like magnitudes
                 knee_acqs.append(attrs["acquisition"])
     assert knee_acqs == ["CORPD_FBK", "CORPDFS_FBK", "CORPD_FBK", "CORPD_FBK", "CORPDFS_FBK"]
     assert sorted(brain_acqs) == ["AXT1", "AXT2"]
 
 
-def test_brain_uses_real_anatomy(synth_dirs):
-    expected = brain_anatomy.COLIN_SOURCE if brain_anatomy.COLIN_PATH.is_file() else brain_anatomy.MNI_SOURCE
+def test_brain_uses_the_pinned_anatomy(synth_dirs):
     for fname in _files(synth_dirs["brain"]):
         with h5py.File(fname, "r") as hf:
-            assert hf.attrs["anatomy_source"] == expected
+            assert hf.attrs["anatomy_source"] == anatomy.NAME and "MNI152" in anatomy.NAME
+            assert hf.attrs["anatomy_sha256"] == anatomy.SHA256 == anatomy.sha256_file(anatomy.require())
 
 
 def test_brain_slice_orientation_matches_template():
@@ -143,11 +144,32 @@ def test_brain_slice_orientation_matches_template():
     assert np.corrcoef(img.ravel(), ref.ravel())[0, 1] > 0.95
 
 
-def test_mni152_fallback_when_colin_missing(tmp_path):
-    tpl = brain_anatomy.load_template(str(tmp_path / "missing" / "ch2.nii.gz"))
-    assert tpl.source == brain_anatomy.MNI_SOURCE
-    assert tpl.t1.shape == tpl.intracranial.shape and tpl.intracranial.max() > 0.99
+def test_template_is_mni152_with_a_synthetic_skull():
+    tpl = brain_anatomy.load_template()
+    assert (tpl.source, tpl.sha256) == (anatomy.NAME, anatomy.SHA256)
+    assert tpl.t1.shape == tpl.intracranial.shape == (197, 233, 189) and tpl.t1.dtype == np.float32
+    assert tpl.intracranial.max() > 0.99 and tpl.affine.dtype == np.float64
     assert (tpl.t1 > 1.3).any()  # synthetic scalp fat around the skull-stripped template
+
+
+@pytest.mark.parametrize("content", [None, b"not the template"])
+def test_missing_or_different_anatomy_stops_with_the_install_command(tmp_path, monkeypatch, capsys, content):
+    folder = tmp_path / "share"
+    if content is not None:
+        folder.mkdir()
+        (folder / anatomy.FILENAME).write_bytes(content)
+    monkeypatch.setenv(anatomy.ENV_DIR, str(folder))
+    match = "missing" if content is None else "differs"
+    with pytest.raises(anatomy.AnatomySourceError, match=match) as err:
+        write_dataset("brain", tmp_path / "out", volumes=1, slices=1, coils=2, shape=(32, 24))
+    assert anatomy.FETCH_COMMAND in str(err.value) and str(folder / anatomy.FILENAME) in str(err.value)
+    assert not (tmp_path / "out").exists()  # stopped before anything was written
+    with pytest.raises(anatomy.AnatomySourceError, match=match):
+        brain_anatomy.contrast_volume("T2")
+    assert main(["brain", "--out", str(tmp_path / "cli"), "--volumes", "1", "--shape", "32x24"]) == 2
+    assert anatomy.FETCH_COMMAND in capsys.readouterr().err
+    assert anatomy.main(["check"]) == 1
+    write_dataset("knee", tmp_path / "knee", volumes=1, slices=1, coils=2, shape=(32, 24))  # knees need no file
 
 
 def test_contrasts_are_tissue_plausible():
@@ -192,7 +214,7 @@ def test_deterministic_for_a_seed(tmp_path):
 def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
     from varnet_ds.sim import synth
 
-    def broken(spec, colin_path=None):
+    def broken(spec):
         yield from []
         raise OSError("disk full (fake)")
 

@@ -55,6 +55,7 @@ COMMANDS: Dict[str, Command] = {
     "check": Command("varnet_ds.data.check", "validate folders of fastMRI multicoil HDF5 files before a run"),
     "synth": Command("varnet_ds.sim.synth", "simulate fastMRI-format knee/brain volumes (or a preview PNG)"),
     "augment-preview": Command("varnet_ds.sim.augment_preview", "PNG grid of MRAugment draws of one knee slice"),
+    "anatomy": Command("varnet_ds.sim.anatomy", "fetch/check the brain anatomy file (pinned MNI152, sha256-verified)"),
     "bench": Command("varnet_ds.bench", "memory/speed benchmark: fastMRI reference vs the engine's policies"),
     "study-bench": Command("varnet_ds.study_bench", "throughput of the study runner's layout vs a plain loop"),
     "report": Command("analysis.compare", "comparison report (report.html/.md) of run folders or a study folder",

@@ -1,7 +1,9 @@
 """``make demo``: the knee->brain study end to end on the embedded simulator data, 3 seeds x 2 arms.
 
-1. simulate the demo data (procedural phantom knees for train/val, real-anatomy Colin27 brains with simulated
-   coils for transfer, 4 acquisitions) into ``runs/demo-data``;
+1. simulate the demo data (procedural phantom knees for train/val, real-anatomy MNI152 brains with simulated
+   coils for transfer, 4 acquisitions) into ``runs/demo-data`` and check it against the committed manifest
+   ``varnet_ds/sim/demo_manifest.json`` (content sha256 per file, anatomy source, generator version): a missing,
+   extra or different file stops the demo, naming it and what produced it (docs/demo_data.md);
 2. run the study (``python -m varnet_ds.study``): baseline and MRAugment, identical except for ``aug.enabled``,
    seeds 1, 2, 3, each run with ``varnet_ds/conf/demo.yaml`` into ``runs/demo/<arm>-s<seed>``; on a CPU box 1-rank
    runs side by side (one plain ``train.py`` process per core), on a GPU node one run per GPU side by side (the
@@ -12,12 +14,14 @@
    ``runs/demo/report``.
 
 Rerunning resumes or skips finished steps; ``--fresh`` starts over. ``make results`` then writes the README's
-headline table and figure from ``study.json``.
+headline table and figure from ``study.json``. ``--write-manifest`` simulates the demo data afresh and writes the
+manifest from it (after a deliberate change of the simulator; nothing is trained).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +31,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+
+from varnet_ds.files import atomic_write_text
+from varnet_ds.sim import manifest as data_manifest
+from varnet_ds.sim.anatomy import AnatomySourceError, require
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs"
@@ -42,32 +50,121 @@ DEMO_SETS = {
     "knee_val": dict(anatomy="knee", volumes=10, slices=4, coils=6, shape=(128, 96), seed=1001),
     "brain": dict(anatomy="brain", volumes=12, slices=4, coils=6, shape=(128, 80), seed=2001),
 }
-NOTE = ("Demo data: the knees are procedural phantoms (not patient data) and the brains are real Colin27 anatomy "
-        "with simulated coils, phase and noise, at 128x96 / 128x80 instead of fastMRI's 640x368 / 640x320. "
+NOTE = ("Demo data: the knees are procedural phantoms (not patient data) and the brains are real anatomy (the "
+        "MNI152 ICBM 2009a T1 template with a synthetic skull) with simulated coils, phase and noise, at 128x96 / "
+        "128x80 instead of fastMRI's 640x368 / 640x320. "
         "The tiny VarNet trains for minutes on a CPU. The report shows the pipeline working end to end and the "
         "direction of the effects at this scale; it is not evidence about MRAugment on real fastMRI data.")
+
+
+FRESH_COMMAND = "python -m varnet_ds.demo --fresh"
+WRITE_COMMAND = "python -m varnet_ds.demo --write-manifest"
+STUDY_DATA = "demo_data.json"  # in runs/<study>: the data (manifest.data_sha256) its runs were trained on
 
 
 def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def make_data(fresh: bool) -> None:
+def load_manifest(path: Path = data_manifest.DEMO_MANIFEST) -> dict:
+    """The committed demo data manifest, checked against :data:`DEMO_SETS` (stops the demo when they disagree)."""
+    try:
+        manifest = data_manifest.load(path)
+    except data_manifest.ManifestError as err:
+        raise SystemExit(f"demo: {err}; `{WRITE_COMMAND}` writes it") from None
+    ours = {name: data_manifest.spec_json(kw) for name, kw in DEMO_SETS.items()}
+    theirs = {name: entry["spec"] for name, entry in manifest["sets"].items()}
+    if ours != theirs:
+        raise SystemExit(f"demo: {path} was written for other demo sets than varnet_ds/demo.py's DEMO_SETS "
+                         f"(manifest: {theirs}; DEMO_SETS: {ours}); after changing DEMO_SETS on purpose, "
+                         f"`{WRITE_COMMAND}` refreshes it")
+    return manifest
+
+
+def simulate_data(root: Path = DATA) -> None:
+    """Simulate every set of :data:`DEMO_SETS` into ``root`` (deleted first); stops when the anatomy is missing."""
     from varnet_ds.sim.synth import write_dataset
 
-    stamp = DATA / ".complete"
-    spec = repr(sorted(DEMO_SETS.items()))
-    if stamp.exists() and stamp.read_text() == spec and not fresh:
-        say(f"demo data present in {DATA} (use --fresh to regenerate)")
-        return
-    shutil.rmtree(DATA, ignore_errors=True)
+    try:
+        require()
+    except AnatomySourceError as err:
+        raise SystemExit(f"demo: {err}") from None
+    shutil.rmtree(root, ignore_errors=True)
     for name, kw in DEMO_SETS.items():
         t0 = time.time()
-        files = write_dataset(out_dir=DATA / name, **kw)
+        files = write_dataset(out_dir=root / name, **kw)
         say(f"simulated {name}: {len(files)} volumes in {time.time() - t0:.1f} s")
-    stamp.write_text(spec)
-    subprocess.run([sys.executable, "-m", "varnet_ds.data.check", str(DATA / "knee_train"), str(DATA / "knee_val"),
-                    str(DATA / "brain")], check=True)
+
+
+def verify_data(manifest: dict, simulated_now: bool, root: Path = DATA,
+                path: Path = data_manifest.DEMO_MANIFEST) -> None:
+    """Stop the demo, naming every missing, extra or different file, unless ``root`` matches the manifest."""
+    problems = data_manifest.check(root, manifest)
+    if not problems:
+        n = sum(len(entry["files"]) for entry in manifest["sets"].values())
+        say(f"demo data matches {path.name}: {n} files (content sha256), anatomy {manifest['anatomy']['name']}")
+        return
+    listing = "\n  ".join(problems)
+    expected = data_manifest.expected_producer(manifest)
+    if simulated_now:
+        advice = (f"This machine's simulator produced other data than the manifest's, so its study would not be "
+                  f"comparable with the committed results; please report it with the lines above. If the "
+                  f"simulator was changed on purpose, `{WRITE_COMMAND}` refreshes the manifest (commit it).")
+    else:
+        advice = (f"`{FRESH_COMMAND}` regenerates the demo data (and deletes the demo's runs, which were trained "
+                  f"on it).")
+    raise SystemExit(f"demo: the demo data in {root} does not match {path}:\n  {listing}\n"
+                     f"The manifest's data was produced by: {expected}.\n{advice}")
+
+
+def make_data(fresh: bool) -> dict:
+    """Simulate the demo data unless it is there, then check it against the manifest; returns the manifest."""
+    manifest = load_manifest()
+    stamp = DATA / ".complete"
+    spec = repr(sorted(DEMO_SETS.items()))
+    simulated = fresh or not (stamp.exists() and stamp.read_text() == spec)
+    if simulated:
+        stamp.unlink(missing_ok=True)
+        simulate_data()
+    else:
+        say(f"demo data present in {DATA} (use --fresh to regenerate)")
+    verify_data(manifest, simulated)
+    if simulated:
+        stamp.write_text(spec)  # only data that matches the manifest is taken as present next time
+        subprocess.run([sys.executable, "-m", "varnet_ds.data.check", str(DATA / "knee_train"),
+                        str(DATA / "knee_val"), str(DATA / "brain")], check=True)
+    return manifest
+
+
+def bind_study(name: str, manifest: dict) -> None:
+    """Record the manifest the study folder's runs are trained on; stop when they were trained on other data."""
+    folder = RUNS / name
+    record = {"data_sha256": data_manifest.data_sha256(manifest), "generator": manifest["generator"],
+              "anatomy": manifest["anatomy"]}
+    path = folder / STUDY_DATA
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"demo: {path} is not JSON ({err}); `{FRESH_COMMAND}` starts the study over") from None
+        if old.get("data_sha256") != record["data_sha256"]:
+            raise SystemExit(f"demo: the runs in {folder} were trained on other demo data (data sha256 "
+                             f"{old.get('data_sha256')}, anatomy {old.get('anatomy')}) than the manifest's "
+                             f"({record['data_sha256']}, anatomy {record['anatomy']}); `{FRESH_COMMAND}` starts over")
+        return
+    if folder.is_dir() and any(folder.iterdir()):
+        raise SystemExit(f"demo: {folder} holds runs that predate the data manifest, so their data is unknown; "
+                         f"`{FRESH_COMMAND}` starts over")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+
+
+def write_manifest(path: Path = data_manifest.DEMO_MANIFEST) -> None:
+    """Simulate the demo data afresh and write the manifest from it (no training)."""
+    simulate_data()
+    (DATA / ".complete").write_text(repr(sorted(DEMO_SETS.items())))
+    data_manifest.write(data_manifest.build(DATA, DEMO_SETS), path)
+    say(f"wrote {path} ({sum(len(list((DATA / n).glob('*.h5'))) for n in DEMO_SETS)} files); commit it")
 
 
 def study(name: str, nproc: Optional[int], extra: List[str]) -> None:
@@ -124,13 +221,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--nproc", type=int, default=None,
                    help="CPU: runs side by side (default: one per core); GPU: GPUs per run (default 1)")
     p.add_argument("--name", default=STUDY, help=f"study name: folder runs/NAME (default {STUDY})")
+    p.add_argument("--write-manifest", action="store_true",
+                   help=f"simulate the demo data afresh, write {data_manifest.DEMO_MANIFEST.name} from it, stop")
     p.add_argument("overrides", nargs="*", help="extra config overrides for every run, e.g. train.epochs=4")
     args = p.parse_args(argv)
     t0 = time.time()
     os.environ.setdefault("WANDB_SILENT", "true")
+    if args.write_manifest:
+        write_manifest()
+        return 0
     if args.fresh:
         shutil.rmtree(RUNS / args.name, ignore_errors=True)
-    make_data(args.fresh)
+    manifest = make_data(args.fresh)
+    bind_study(args.name, manifest)
     study(args.name, args.nproc, args.overrides)
     for arm in ARMS:
         reconstruct(args.name, f"{arm}-s{SEEDS[0]}")

@@ -5,10 +5,13 @@ Anatomy is built from smooth 2D signed-distance shapes whose size depends on the
 condyles (gastrocnemius, popliteal vessels, fibula, PCL) through the notch (ACL, menisci, collateral
 ligaments) to the patella and its tendons. Local coordinates: ``u`` lateral (+) / medial (-), ``v`` superior
 (+), in mm, joint line at ``v = 0``. Every volume draws its own size, pose, joint space, fat, effusion, ...
+Dtype rules as in :mod:`varnet_ds.sim.phantom_shapes` (float32 images, no ``np.float64`` scalars, transcendental
+functions of arrays in float64).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -18,12 +21,16 @@ from varnet_ds.sim.phantom_shapes import (
     Canvas,
     ap_factor,
     capsule,
+    cos32,
     ellipse,
+    exp32,
     inside,
     ramp,
     sigmoid_profile,
+    sin32,
     smin,
     smooth_noise,
+    tanh32,
 )
 
 CONTRASTS = ("PD", "PDFS")
@@ -82,7 +89,7 @@ def sample_knee_params(rng: np.random.Generator) -> KneeParams:
     return KneeParams(
         scale=float(rng.uniform(0.88, 1.12)),
         shift=(float(rng.uniform(-8, 8)), float(rng.uniform(-12, 12))),
-        angle=float(np.deg2rad(rng.uniform(-7, 7))),
+        angle=math.radians(rng.uniform(-7, 7)),
         mirror=int(rng.choice([-1, 1])),
         cartilage=float(rng.uniform(1.8, 2.8)),
         film=float(rng.uniform(0.4, 1.2)),
@@ -90,7 +97,7 @@ def sample_knee_params(rng: np.random.Generator) -> KneeParams:
         leg=float(rng.uniform(0.92, 1.08)),
         condyle=float(rng.uniform(20.0, 24.0)),
         notch=float(rng.uniform(8.0, 11.0)),
-        valgus=float(np.deg2rad(rng.uniform(-3, 4))),
+        valgus=math.radians(rng.uniform(-3, 4)),
         effusion=float(rng.uniform(0.0, 1.0) ** 2),
         baker=bool(rng.uniform() < 0.25),
         bruise=(float(rng.choice([-1, 1]) * rng.uniform(10, 28)), float(rng.choice([1, -1]) * rng.uniform(8, 25)),
@@ -164,7 +171,7 @@ def knee_slice(p: KneeParams, x: np.ndarray, y: np.ndarray, z: float, contrast: 
     # bones: signal-void cortex around fatty marrow with a subtle trabecular pattern
     tex_a = smooth_noise(rng, shape, (0.45 / w, 0.45 / w))
     tex_b = smooth_noise(rng, shape, (3.0 / w, 3.0 / w))
-    trabeculae = np.exp(-((tex_a / 0.3) ** 2)) * (0.6 + 0.4 * ramp(tex_b, -1.0, 1.0))
+    trabeculae = exp32(-((tex_a / 0.3) ** 2)) * (0.6 + 0.4 * ramp(tex_b, -1.0, 1.0))
     marrow = sig["marrow"] * (1 - 0.13 * trabeculae) * (1 + 0.04 * tex_b)
     if contrast == "PDFS":  # fat suppression degrades away from the isocentre
         marrow = marrow * (1 + 0.8 * (cv.v / 120) ** 2)
@@ -177,11 +184,11 @@ def knee_slice(p: KneeParams, x: np.ndarray, y: np.ndarray, z: float, contrast: 
         cv.blend(win, inside(d, w), sig["cortex"])
         m = marrow[win]
         if scar_v is not None:  # epiphyseal scar
-            line = np.exp(-(((v - scar_v - 2.0 * np.sin(u / 7) - 1.0 * np.sin(u / 3.1)) / 0.5) ** 2))
+            line = exp32(-(((v - scar_v - 2.0 * sin32(u / 7) - 1.0 * sin32(u / 3.1)) / 0.5) ** 2))
             m = m + (sig["scar"] - m) * line * 0.5
         if p.bruise[3] > 0 and ap_factor(z, p.bruise[2], p.bruise[3]) > 0:
             b = np.float32(ap_factor(z, p.bruise[2], p.bruise[3]))
-            ed = np.exp(-(((u - p.bruise[0]) ** 2 + (v - p.bruise[1]) ** 2) / (p.bruise[3] * b) ** 2))
+            ed = exp32(-(((u - p.bruise[0]) ** 2 + (v - p.bruise[1]) ** 2) / (np.float32(p.bruise[3]) * b) ** 2))
             m = m + (sig["edema"] - m) * ed * b
         cv.blend(win, inside(d + cortex(u, v), w), m)
         return win, d
@@ -198,12 +205,12 @@ def knee_slice(p: KneeParams, x: np.ndarray, y: np.ndarray, z: float, contrast: 
     if ft > 0:
         shaft = 15.0 * (0.15 + 0.85 * ap_factor(z, 2.0, 22.0))
         spine = 6.0 * ap_factor(z, 0.0, 12.0)
-        tan_v = np.float32(np.tan(p.valgus))
+        tan_v = np.float32(math.tan(p.valgus))
 
         def d_tib(u, v):
             hw = sigmoid_profile(-v, shaft, 39.0 * k * max(ft, 0.45), 40.0, 9.0)
             au = np.abs(u)
-            top = -g2 - 1.2 * np.exp(-(((au - 21) / 10) ** 2)) + spine * np.exp(-(((au - 5) / 3) ** 2))
+            top = -g2 - 1.2 * exp32(-(((au - 21) / 10) ** 2)) + spine * exp32(-(((au - 5) / 3) ** 2))
             return np.maximum(np.abs(u - v * tan_v) - hw, v - top)
 
         out = bone(d_tib, (-45, 45, -BIG, -g2 + 8), lambda u, v: np.clip(0.8 + (-v - 30) / 10, 0.8, 4.5),
@@ -219,7 +226,7 @@ def knee_slice(p: KneeParams, x: np.ndarray, y: np.ndarray, z: float, contrast: 
         if fm > 0:
             outer, inner, height = plateau + 1.0, plateau - 8.0 - 5.0 * fm, 5.5 * fm + 1.0
             slope = height / (outer - inner)
-            norm = np.float32(np.hypot(1, slope))
+            norm = np.float32(math.hypot(1, slope))
 
             def d_men(u, v):
                 au = np.abs(u)
@@ -282,7 +289,7 @@ def knee_slice(p: KneeParams, x: np.ndarray, y: np.ndarray, z: float, contrast: 
                  (plateau - 2, uh + 8, -g2 - 33, g2 + 31))
     if -8 < z < 14:  # ACL, striated, intermediate signal
         cv.paint(lambda u, v: capsule(u, v, (7, g2 + 16), (-3, -g2 + 1), 2.6),
-                 lambda u, v: sig["acl"] * (0.7 + 0.3 * np.cos((u + 0.8 * v) * 2.2)), (-7, 11, -g2 - 3, g2 + 20))
+                 lambda u, v: sig["acl"] * (0.7 + 0.3 * cos32((u + 0.8 * v) * 2.2)), (-7, 11, -g2 - 3, g2 + 20))
     if -26 < z < -6:  # PCL, uniformly dark
         cv.paint(lambda u, v: capsule(u, v, (-7, g2 + 15), (3, -g2 - 10), 3.6), sig["ligament"],
                  (-12, 8, -g2 - 15, g2 + 20))
@@ -302,15 +309,16 @@ def _soft_tissue(cv: Canvas, p: KneeParams, z: float, sig: Dict[str, np.float32]
     w, shape = cv.w, cv.shape
     fz = 0.72 + 0.28 * ap_factor(z, 0.0, 75.0)
     wobble = smooth_noise(rng, (shape[0], 8), (shape[0] / 24, 2.0))[:, :1] * np.float32(1.5)
-    half = np.interp(cv.v, [-BIG, -100, -40, 0, 50, 120, BIG], [48, 50, 51, 54, 55, 58, 60]).astype(np.float32)
+    half = np.interp(cv.v.astype(np.float64), [-BIG, -100, -40, 0, 50, 120, BIG],
+                     [48, 50, 51, 54, 55, 58, 60]).astype(np.float32)
     half *= np.float32(p.leg * fz)
     d_body = np.maximum(cv.u - half * np.float32(0.97), -cv.u - half * np.float32(1.04)) + wobble
     cv.paint(lambda u, v: d_body, sig["skin"])
     cv.paint(lambda u, v: d_body + 1.6, sig["fat"])
-    fat_t = np.float32(p.fat) * (1 + 0.25 * np.tanh(-cv.u / 30)) + 1.6
+    fat_t = np.float32(p.fat) * (1 + 0.25 * tanh32(-cv.u / 30)) + 1.6
     deep = inside(d_body + fat_t, w)
     fibres = smooth_noise(rng, shape, (22.0 / w, 0.8 / w))
-    muscle = sig["muscle"] * (1 + 0.07 * fibres) + (sig["fat"] - sig["muscle"]) * np.exp(-((fibres / 0.08) ** 2)) * 0.4
+    muscle = sig["muscle"] * (1 + 0.07 * fibres) + (sig["fat"] - sig["muscle"]) * exp32(-((fibres / 0.08) ** 2)) * 0.4
     for cu_, cv_, au, av, tilt, zc, zh in MUSCLES:
         f = ap_factor(z, zc, zh)
         if f <= 0.05:

@@ -3,16 +3,23 @@
 The object is drawn on a grid ``factor`` times finer than the target matrix; its centred k-space is cropped to
 the target size (so the discretisation of the phantom is not the one of the reconstruction, i.e. no "inverse
 crime"), multiplied by smooth non-normalised coil sensitivities, Fourier transformed, zero-padded in the phase
-direction and corrupted by coil-correlated complex Gaussian noise. All arrays are float32/complex64 numpy.
+direction and corrupted by coil-correlated complex Gaussian noise. Results are float32/complex64 numpy arrays.
+
+Dtypes are explicit so that numpy 1 and 2 (whose promotion rules, NEP 50, and ``np.fft`` differ) and CPUs with
+different SIMD paths give the same bits: FFTs (``scipy.fft``, the same pocketfft under numpy 1 and 2), complex
+products, phases and the coil noise are computed in float64/complex128 and rounded to float32/complex64 once; the
+coil noise is mixed without BLAS.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Tuple
 
 import fastmri
 import numpy as np
+import scipy.fft
 import torch
 from fastmri.data import transforms as fastmri_transforms
 
@@ -59,16 +66,30 @@ def grid_mm(shape: Tuple[int, int], pixel_mm: float) -> Tuple[np.ndarray, np.nda
 
 
 def fft2c(x: np.ndarray) -> np.ndarray:
-    """Centred orthonormal 2D FFT over the last two axes (same convention as ``fastmri.fft2c``)."""
-    x = np.fft.ifftshift(x, axes=(-2, -1))
-    x = np.fft.fft2(x, norm="ortho")
+    """Centred orthonormal 2D FFT over the last two axes (same convention as ``fastmri.fft2c``), complex128.
+
+    Args:
+        x: ``[..., H, W]`` real or complex array (converted to complex128: numpy 1 and 2 differ for complex64).
+
+    Returns:
+        ``[..., H, W]`` complex128.
+    """
+    x = np.fft.ifftshift(np.asarray(x, np.complex128), axes=(-2, -1))
+    x = scipy.fft.fft2(x, norm="ortho", workers=1)
     return np.fft.fftshift(x, axes=(-2, -1))
 
 
 def ifft2c(k: np.ndarray) -> np.ndarray:
-    """Centred orthonormal 2D inverse FFT over the last two axes (same convention as ``fastmri.ifft2c``)."""
-    k = np.fft.ifftshift(k, axes=(-2, -1))
-    k = np.fft.ifft2(k, norm="ortho")
+    """Centred orthonormal 2D inverse FFT over the last two axes (same convention as ``fastmri.ifft2c``), complex128.
+
+    Args:
+        k: ``[..., H, W]`` real or complex array (converted to complex128).
+
+    Returns:
+        ``[..., H, W]`` complex128.
+    """
+    k = np.fft.ifftshift(np.asarray(k, np.complex128), axes=(-2, -1))
+    k = scipy.fft.ifft2(k, norm="ortho", workers=1)
     return np.fft.fftshift(k, axes=(-2, -1))
 
 
@@ -76,7 +97,7 @@ def downsample_via_kspace(fine: np.ndarray, shape: Tuple[int, int]) -> np.ndarra
     """Band-limit a finely sampled image to ``shape`` by cropping the centre of its k-space.
 
     Args:
-        fine: ``[Hf, Wf]`` complex image sampled on the fine grid (same FOV as the target).
+        fine: ``[Hf, Wf]`` real or complex image sampled on the fine grid (same FOV as the target).
         shape: target ``(H, W)`` with ``H <= Hf`` and ``W <= Wf``.
 
     Returns:
@@ -84,9 +105,9 @@ def downsample_via_kspace(fine: np.ndarray, shape: Tuple[int, int]) -> np.ndarra
     """
     hf, wf = fine.shape
     h, w = shape
-    k = fft2c(fine.astype(np.complex64))
+    k = fft2c(fine)
     r0, c0 = hf // 2 - h // 2, wf // 2 - w // 2
-    k = k[r0 : r0 + h, c0 : c0 + w] * np.float32(np.sqrt(h * w / (hf * wf)))
+    k = k[r0 : r0 + h, c0 : c0 + w] * math.sqrt(h * w / (hf * wf))
     return ifft2c(k).astype(np.complex64)
 
 
@@ -159,12 +180,12 @@ def coil_sensitivities(coils: CoilArray, x: np.ndarray, y: np.ndarray, z_mm: flo
     Returns:
         ``[C, H, W]`` complex64 sensitivities.
     """
-    mag = _coil_magnitude(coils, x, y, z_mm)
-    g = coils.phase_grad.astype(np.float32)
-    const = np.exp(1j * (coils.phase0 + coils.phase_grad[:, 2] * z_mm)).astype(np.complex64)[:, None, None]
-    ramp_x = np.exp(1j * g[:, 0, None, None] * x[None]).astype(np.complex64)  # [C, 1, W]
-    ramp_y = np.exp(1j * g[:, 1, None, None] * y[None]).astype(np.complex64)  # [C, H, 1]
-    return (mag * (const * ramp_y) * ramp_x).astype(np.complex64, copy=False)
+    mag = _coil_magnitude(coils, x, y, z_mm).astype(np.float64)
+    g = np.asarray(coils.phase_grad, np.float64)
+    const = np.exp(1j * (np.asarray(coils.phase0, np.float64) + g[:, 2] * float(z_mm)))[:, None, None]
+    ramp_x = np.exp(1j * (g[:, 0, None, None] * np.asarray(x, np.float64)[None]))  # [C, 1, W]
+    ramp_y = np.exp(1j * (g[:, 1, None, None] * np.asarray(y, np.float64)[None]))  # [C, H, 1]
+    return (mag * (const * ramp_y) * ramp_x).astype(np.complex64)
 
 
 def coil_rss(coils: CoilArray, x: np.ndarray, y: np.ndarray, z_mm: float) -> np.ndarray:
@@ -190,15 +211,19 @@ def acquire(image: np.ndarray, sens: np.ndarray, pad: Tuple[int, int], sigma: fl
     """
     c, h, w = sens.shape
     left, right = pad
-    kspace = fft2c(sens * image[None]).astype(np.complex64)
+    # complex64 inputs multiplied in complex128 are exact up to one rounding, with or without FMA
+    kspace = fft2c(sens.astype(np.complex128) * image.astype(np.complex128)[None])
     stop = w - right
-    n = rng.standard_normal((2, c, h * (stop - left)), dtype=np.float32)
-    white = (n[0] + 1j * n[1]) * np.float32(np.sqrt(0.5) * sigma)
-    coloured = (noise_chol.astype(np.complex64) @ white).reshape(c, h, stop - left)
-    kspace[:, :, left:stop] += coloured
+    n = rng.standard_normal((2, c, h * (stop - left)), dtype=np.float32).astype(np.float64)
+    white = (n[0] + 1j * n[1]) * (math.sqrt(0.5) * float(sigma))
+    chol = np.asarray(noise_chol, np.complex128)
+    coloured = np.zeros_like(white)
+    for j in range(c):  # chol @ white without BLAS, whose kernels (and summation order) depend on the CPU
+        coloured += chol[:, j, None] * white[j]
+    kspace[:, :, left:stop] += coloured.reshape(c, h, stop - left)
     kspace[:, :, :left] = 0
     kspace[:, :, stop:] = 0
-    return kspace
+    return kspace.astype(np.complex64)
 
 
 def rss_target(kspace: np.ndarray, recon_size: Tuple[int, int]) -> np.ndarray:
@@ -209,9 +234,9 @@ def rss_target(kspace: np.ndarray, recon_size: Tuple[int, int]) -> np.ndarray:
         recon_size: ``(rH, rW)`` crop.
 
     Returns:
-        ``[rH, rW]`` float32 target, computed with fastMRI's own functions.
+        ``[rH, rW]`` float32 target, computed with fastMRI's own functions in float64 and rounded once.
     """
-    k = fastmri_transforms.to_tensor(np.ascontiguousarray(kspace))
+    k = fastmri_transforms.to_tensor(np.ascontiguousarray(kspace, dtype=np.complex128))
     with torch.no_grad():
         image = fastmri.rss(fastmri.complex_abs(fastmri.ifft2c(k)), dim=0)
         return fastmri_transforms.center_crop(image, tuple(recon_size)).numpy().astype(np.float32)

@@ -3,10 +3,16 @@
 Distances are in mm (negative inside). :class:`Canvas` holds a posed local coordinate system ``(u, v)`` over
 an image grid and paints anti-aliased shapes only inside their bounding boxes, which keeps large (2x
 oversampled) grids fast.
+
+Images are float32. Scalars are Python floats or ``np.float32`` (never ``np.float64``, which numpy 1 and 2 promote
+differently, NEP 50), scalar trigonometry uses :mod:`math`, and the transcendental functions of arrays
+(:func:`exp32`, :func:`sin32`, :func:`cos32`, :func:`tanh32`) are evaluated in float64 and rounded to float32 once,
+so that numpy's float32 SIMD approximations (which differ between CPUs and numpy versions) do not change the bits.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
@@ -14,6 +20,26 @@ from scipy import ndimage
 
 Box = Tuple[float, float, float, float]  # u0, u1, v0, v1 in local mm
 Field = Union[float, np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]]
+
+
+def exp32(x) -> np.ndarray:
+    """``exp(x)`` evaluated in float64, as float32."""
+    return np.exp(np.asarray(x, np.float64)).astype(np.float32)
+
+
+def sin32(x) -> np.ndarray:
+    """``sin(x)`` evaluated in float64, as float32."""
+    return np.sin(np.asarray(x, np.float64)).astype(np.float32)
+
+
+def cos32(x) -> np.ndarray:
+    """``cos(x)`` evaluated in float64, as float32."""
+    return np.cos(np.asarray(x, np.float64)).astype(np.float32)
+
+
+def tanh32(x) -> np.ndarray:
+    """``tanh(x)`` evaluated in float64, as float32."""
+    return np.tanh(np.asarray(x, np.float64)).astype(np.float32)
 
 
 def inside(d: np.ndarray, width: float) -> np.ndarray:
@@ -36,7 +62,7 @@ def ellipse(u, v, cu: float, cv: float, a: float, b: float, tilt_deg: float = 0.
     """Approximate signed distance to an ellipse with half axes ``a``, ``b`` rotated by ``tilt_deg``."""
     du, dv = u - np.float32(cu), v - np.float32(cv)
     if tilt_deg:
-        c, s = np.float32(np.cos(np.deg2rad(tilt_deg))), np.float32(np.sin(np.deg2rad(tilt_deg)))
+        c, s = np.float32(math.cos(math.radians(tilt_deg))), np.float32(math.sin(math.radians(tilt_deg)))
         du, dv = du * c + dv * s, -du * s + dv * c
     return (np.sqrt((du / np.float32(a)) ** 2 + (dv / np.float32(b)) ** 2) - 1.0) * np.float32(min(a, b))
 
@@ -51,13 +77,13 @@ def capsule(u, v, p: Tuple[float, float], q: Tuple[float, float], r: float) -> n
 
 def sigmoid_profile(v, low: float, high: float, mid: float, width: float) -> np.ndarray:
     """Smooth step from ``high`` (``v << mid``) to ``low`` (``v >> mid``)."""
-    return (np.float32(low) + np.float32(high - low) / (1 + np.exp((v - np.float32(mid)) / np.float32(width))))
+    return np.float32(low) + np.float32(high - low) / (np.float32(1) + exp32((v - np.float32(mid)) / np.float32(width)))
 
 
 def ap_factor(z: float, centre: float, half: float) -> float:
     """Cross-section factor of an ellipsoid along the slice direction: 1 at ``centre``, 0 beyond ``half``."""
     t = (z - centre) / half
-    return float(np.sqrt(max(0.0, 1.0 - t * t)))
+    return math.sqrt(max(0.0, 1.0 - t * t))
 
 
 def smooth_noise(rng: np.random.Generator, shape: Tuple[int, int], sigma_px: Tuple[float, float]) -> np.ndarray:
@@ -72,6 +98,7 @@ def smooth_noise(rng: np.random.Generator, shape: Tuple[int, int], sigma_px: Tup
     if steps != (1, 1):
         field = ndimage.zoom(field, steps, order=1)
     field = field[: shape[0], : shape[1]]
+    field = field.astype(np.float64)
     return ((field - field.mean()) / (field.std() + 1e-8)).astype(np.float32)
 
 
@@ -92,7 +119,7 @@ class Canvas:
                  scale: float = 1.0, mirror: int = 1):
         self.x1, self.y1 = x.reshape(-1).astype(np.float32), y.reshape(-1).astype(np.float32)
         self.shift, self.scale, self.mirror = (float(shift[0]), float(shift[1])), float(scale), int(mirror)
-        self.ca, self.sa = float(np.cos(angle)), float(np.sin(angle))
+        self.ca, self.sa = math.cos(angle), math.sin(angle)
         xs, ys = x.astype(np.float32) - np.float32(shift[0]), y.astype(np.float32) - np.float32(shift[1])
         ca, sa, s = np.float32(self.ca), np.float32(self.sa), np.float32(scale)
         self.u = ((xs * ca + ys * sa) * np.float32(mirror) / s).astype(np.float32)

@@ -4,13 +4,16 @@
 padding, coils, contrast, SNR, scanner, file name); :func:`simulate_volume` renders the anatomy on a 2x finer
 grid, band-limits it to the k-space matrix, applies coil sensitivities, phase-encode zero padding and
 correlated noise, scales the volume to fastMRI-like magnitudes, and yields per-slice ``(kspace, target)``.
-Everything is a deterministic function of the seed.
+Everything is a deterministic function of the seed (and, for brains, of the one pinned anatomy file,
+:mod:`varnet_ds.sim.anatomy`); :data:`GENERATOR_VERSION` names the generator in the files' attrs and in the demo's
+data manifest, and goes up with every change that changes the simulated bytes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +26,8 @@ ACQUISITION_CONTRAST = {
 }
 DEFAULT_ACQUISITIONS = {"knee": ("CORPD_FBK", "CORPDFS_FBK"), "brain": ("AXT1", "AXT2", "AXFLAIR", "AXT1POST")}
 KNEE_SOURCE = "procedural phantom"
+# 1: Colin27 or nilearn's MNI152, numpy-dependent dtypes; 2: the pinned MNI152 file only, explicit dtypes
+GENERATOR_VERSION = 2
 MAX_VOLUMES = 1000  # file names encode seed * 1000 + index
 FINE_FACTOR = 2  # the object is drawn on a grid this many times finer than the k-space matrix
 _RECON_FOV_MM = {"knee": 140.0, "brain": 220.0}
@@ -128,10 +133,10 @@ def make_spec(anatomy: str, index: int, seed: int, shape=None, recon_size=None, 
     w = shape_[1]
     if anatomy == "knee":  # fastMRI knee: about 17 zero columns on each side of 368
         pads = tuple(max(1, int(round(w * (0.042 + 0.008 * f)))) for f in u[1:3])
-        log_max = np.log(2e-4) + u[3] * np.log(5.0) + (np.log(0.6) if contrast == "PDFS" else 0.0)
+        log_max = math.log(2e-4) + float(u[3]) * math.log(5.0) + (math.log(0.6) if contrast == "PDFS" else 0.0)
     else:
         pads = (0, 0) if u[4] < 0.5 else tuple(int(round(w * 0.03 * f)) for f in u[1:3])
-        log_max = np.log(1.5e-4) + u[3] * np.log(4.0)
+        log_max = math.log(1.5e-4) + float(u[3]) * math.log(4.0)
     if w - pads[0] - pads[1] < w // 2 + 2:
         pads = (0, 0)
     pixel = max(_RECON_FOV_MM[anatomy] / recon[0], _MIN_PHASE_FOV_MM[anatomy] / w)
@@ -144,7 +149,7 @@ def make_spec(anatomy: str, index: int, seed: int, shape=None, recon_size=None, 
         num_slices=int(slices) if slices is not None else random_slices,
         num_coils=int(coils) if coils is not None else random_coils,
         pixel_mm=float(pixel), slice_mm=3.0 if anatomy == "knee" else 5.0,
-        snr=float(snr_lo + u[5] * (snr_hi - snr_lo)), target_max=float(np.exp(log_max)), fname=fname,
+        snr=float(snr_lo + u[5] * (snr_hi - snr_lo)), target_max=math.exp(log_max), fname=fname,
         patient_id=patient_id, system_model=model, field_strength=field,
     )
 
@@ -180,18 +185,27 @@ def _coil_array(rng: np.random.Generator, anatomy: str, n: int) -> mri_physics.C
     )
 
 
-def anatomy_source(spec: VolumeSpec, colin_path: Optional[str] = None) -> str:
-    """What the anatomy was made from (stored as the ``anatomy_source`` attribute)."""
-    return KNEE_SOURCE if spec.anatomy == "knee" else brain_anatomy.load_template(colin_path).source
+def anatomy_attrs(spec: VolumeSpec) -> Dict[str, str]:
+    """What the anatomy was made from: ``anatomy_source`` (a name) and, for brains, ``anatomy_sha256``.
+
+    Raises:
+        varnet_ds.sim.anatomy.AnatomySourceError: a brain, and the anatomy file is missing or not the pinned one.
+    """
+    if spec.anatomy == "knee":
+        return {"anatomy_source": KNEE_SOURCE}
+    tpl = brain_anatomy.load_template()
+    return {"anatomy_source": tpl.source, "anatomy_sha256": tpl.sha256}
 
 
-def simulate_volume(spec: VolumeSpec, colin_path: Optional[str] = None
-                    ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+def simulate_volume(spec: VolumeSpec) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Simulate the slices of one volume.
 
     Args:
         spec: the volume specification.
-        colin_path: brain template override (default: Colin27 if installed, else MNI152).
+
+    Raises:
+        varnet_ds.sim.anatomy.AnatomySourceError: a brain, and the anatomy file is missing or not the pinned one
+            (before anything is yielded).
 
     Yields:
         per slice ``(kspace [C, H, W] complex64, target [rH, rW] float32)``, where ``target`` is exactly
@@ -215,13 +229,13 @@ def simulate_volume(spec: VolumeSpec, colin_path: Optional[str] = None
             return knee_phantom.knee_slice(params, xf, yf, float(positions[i]), spec.contrast,
                                            spec.pixel_mm / FINE_FACTOR, i)
     else:
-        tpl = brain_anatomy.load_template(colin_path)
+        tpl = brain_anatomy.load_template()
         pose = brain_anatomy.sample_brain_pose(rng, tpl)
         positions = np.linspace(*pose.z_span, spec.num_slices)
-        coil_z = positions - tpl.centre[2]
+        coil_z = positions - float(tpl.centre[2])
 
         def render(i: int) -> np.ndarray:
-            return brain_anatomy.brain_slice(pose, xf, yf, float(positions[i]), spec.contrast, colin_path)
+            return brain_anatomy.brain_slice(pose, xf, yf, float(positions[i]), spec.contrast)
 
     # pass 1: band-limited complex object images and a noiseless RSS estimate for scaling and noise level
     objects, est = [], []
@@ -231,25 +245,39 @@ def simulate_volume(spec: VolumeSpec, colin_path: Optional[str] = None
         slice_rng = np.random.default_rng([spec.seed, spec.index, ANATOMIES.index(spec.anatomy), 2, i])
         phase = mri_physics.smooth_phase(slice_rng, x, y, extent, strength=0.3)
         phase += _poly_phase(base_phase, x / extent, y / extent)
-        obj = mri_physics.downsample_via_kspace(render(i), spec.shape) * np.exp(1j * phase).astype(np.complex64)
+        band_limited = mri_physics.downsample_via_kspace(render(i), spec.shape).astype(np.complex128)
+        obj = (band_limited * np.exp(1j * phase.astype(np.float64))).astype(np.complex64)
         objects.append(obj)
-        est.append((np.abs(obj) * mri_physics.coil_rss(coils, x, y, float(coil_z[i])))[crop])
-    est_arr = np.stack(est)
+        shading = mri_physics.coil_rss(coils, x, y, float(coil_z[i])).astype(np.float64)
+        est.append((np.abs(obj.astype(np.complex128)) * shading)[crop])
+    est_arr = np.stack(est)  # float64
     peak = float(np.percentile(est_arr, 99.95))
     if peak <= 0:
         raise RuntimeError(f"{spec.fname}: simulated volume is empty (check shape/recon_size)")
-    level = float(est_arr[est_arr > 0.2 * peak].mean())
+    level = float(est_arr[est_arr > 0.2 * peak].mean(dtype=np.float64))
     scale = spec.target_max / peak
-    sigma = level / (spec.snr * np.sqrt(spec.num_coils)) * scale
+    sigma = level / (spec.snr * math.sqrt(spec.num_coils)) * scale
 
     # pass 2: coil images -> k-space with zero padding and correlated noise -> fastMRI target
     for i, obj in enumerate(objects):
         sens = mri_physics.coil_sensitivities(coils, x, y, float(coil_z[i]))
-        kspace = mri_physics.acquire(obj * np.float32(scale), sens, spec.pad, sigma, coils.noise_chol, rng)
+        kspace = mri_physics.acquire((obj * np.float32(scale)).astype(np.complex64), sens, spec.pad, sigma,
+                                     coils.noise_chol, rng)
         yield kspace, mri_physics.rss_target(kspace, spec.recon_size)
 
 
 def _poly_phase(c: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Volume-wide smooth phase (rad) from 6 coefficients on normalised coordinates."""
-    return (np.pi * c[0] + c[1] * u + c[2] * v + 0.5 * (c[3] * u * u + c[4] * u * v + c[5] * v * v)).astype(
+    """Volume-wide smooth phase (rad) from 6 float64 coefficients on normalised coordinates, computed in float64.
+
+    Args:
+        c: ``[6]`` coefficients.
+        u: ``[1, W]`` normalised column coordinates.
+        v: ``[H, 1]`` normalised row coordinates.
+
+    Returns:
+        ``[H, W]`` float32 phase.
+    """
+    c = [float(ci) for ci in c]
+    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    return (math.pi * c[0] + c[1] * u + c[2] * v + 0.5 * (c[3] * u * u + c[4] * u * v + c[5] * v * v)).astype(
         np.float32)

@@ -2,7 +2,10 @@
 
 The files have fastMRI's multicoil layout (``kspace`` [slices, coils, H, W] complex64, ``reconstruction_rss``
 [slices, rH, rW] float32, ``ismrmrd_header`` XML, attrs ``acquisition``/``max``/``norm``/``patient_id``) and
-are read unchanged by ``fastmri.data.SliceDataset(..., challenge="multicoil")``.
+are read unchanged by ``fastmri.data.SliceDataset(..., challenge="multicoil")``. Their attrs also say what made
+them: ``simulator``, ``generator_version``, ``seed``, ``anatomy_source`` (+ ``anatomy_sha256`` for brains) and
+``produced_by`` (package and library versions; informational, left out of the content hash of
+:mod:`varnet_ds.sim.manifest`). Brains need the anatomy file (``python -m varnet_ds.sim.anatomy fetch``).
 
 Usage:
     python -m varnet_ds.sim.synth knee --out data/knee/train --volumes 8
@@ -23,18 +26,29 @@ import h5py
 import numpy as np
 
 from varnet_ds.files import atomic_path
+from varnet_ds.provenance import library_versions, package_version
+from varnet_ds.sim.anatomy import AnatomySourceError
 from varnet_ds.sim.fastmri_header import ismrmrd_header
 from varnet_ds.sim.simulate import (
     ACQUISITION_CONTRAST,
     ANATOMIES,
+    GENERATOR_VERSION,
     MAX_VOLUMES,
     VolumeSpec,
-    anatomy_source,
+    anatomy_attrs,
     make_spec,
     simulate_volume,
 )
 
 SIMULATOR = "varnet_ds.sim.synth"
+PRODUCED_BY = "produced_by"  # the one attr that is informational (not part of the content hash)
+
+
+def produced_by() -> str:
+    """``varnet_ds 0.2.0; numpy 2.4.6; scipy …; torch …; h5py …``: what wrote a file (its ``produced_by``)."""
+    libs = library_versions()
+    return "; ".join([f"varnet_ds {package_version()}"] + [f"{k} {libs[k]}" for k in ("numpy", "scipy", "torch",
+                                                                                        "h5py")])
 
 
 @dataclass(frozen=True)
@@ -52,16 +66,22 @@ class WrittenVolume:
                 f"{self.seconds:.1f} s")
 
 
-def write_volume(spec: VolumeSpec, out_dir: Path, colin_path: Optional[str] = None) -> WrittenVolume:
-    """Simulate ``spec`` and write it to ``out_dir / spec.fname`` (atomically: :func:`varnet_ds.files.atomic_path`)."""
+def write_volume(spec: VolumeSpec, out_dir: Path) -> WrittenVolume:
+    """Simulate ``spec`` and write it to ``out_dir / spec.fname`` (atomically: :func:`varnet_ds.files.atomic_path`).
+
+    Raises:
+        varnet_ds.sim.anatomy.AnatomySourceError: a brain, and the anatomy file is missing or not the pinned one
+            (nothing is written).
+    """
     start = time.perf_counter()
+    source = anatomy_attrs(spec)  # before any file is opened
     path = Path(out_dir) / spec.fname
     s, (h, w), (rh, rw) = spec.num_slices, spec.shape, spec.recon_size
     vmax, sumsq = 0.0, 0.0
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as hf:
         kspace = hf.create_dataset("kspace", shape=(s, spec.num_coils, h, w), dtype=np.complex64)
         recon = hf.create_dataset("reconstruction_rss", shape=(s, rh, rw), dtype=np.float32)
-        for i, (k, target) in enumerate(simulate_volume(spec, colin_path)):
+        for i, (k, target) in enumerate(simulate_volume(spec)):
             kspace[i] = k
             recon[i] = target
             vmax = max(vmax, float(target.max()))
@@ -72,8 +92,11 @@ def write_volume(spec: VolumeSpec, out_dir: Path, colin_path: Optional[str] = No
         hf.attrs["norm"] = float(np.sqrt(sumsq))
         hf.attrs["patient_id"] = spec.patient_id
         hf.attrs["simulator"] = SIMULATOR
-        hf.attrs["anatomy_source"] = anatomy_source(spec, colin_path)
+        hf.attrs["generator_version"] = GENERATOR_VERSION
+        for key, value in source.items():
+            hf.attrs[key] = value
         hf.attrs["seed"] = spec.seed
+        hf.attrs[PRODUCED_BY] = produced_by()
     return WrittenVolume(path, spec, time.perf_counter() - start)
 
 
@@ -85,8 +108,7 @@ def _check_volumes(volumes) -> int:
 
 def write_volumes(anatomy: str, out_dir, volumes: int = 2, slices: Optional[int] = None,
                   coils: Optional[int] = None, shape=None, recon_size=None, seed: int = 0,
-                  acquisitions: Optional[Sequence[str]] = None, colin_path: Optional[str] = None,
-                  ) -> List[WrittenVolume]:
+                  acquisitions: Optional[Sequence[str]] = None) -> List[WrittenVolume]:
     """Like :func:`write_dataset` but returns per-file summaries (used by the CLI)."""
     n = _check_volumes(volumes)
     specs = [make_spec(anatomy, i, seed, shape=shape, recon_size=recon_size, slices=slices, coils=coils,
@@ -94,8 +116,9 @@ def write_volumes(anatomy: str, out_dir, volumes: int = 2, slices: Optional[int]
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
+    anatomy_attrs(specs[0])  # a missing anatomy file stops before the folder is made
     out.mkdir(parents=True, exist_ok=True)
-    return [write_volume(spec, out, colin_path) for spec in specs]
+    return [write_volume(spec, out) for spec in specs]
 
 
 def write_dataset(anatomy: str, out_dir, volumes: int = 2, slices: Optional[int] = None,
@@ -104,8 +127,8 @@ def write_dataset(anatomy: str, out_dir, volumes: int = 2, slices: Optional[int]
     """Write ``volumes`` simulated fastMRI multicoil files of ``anatomy`` ("knee" or "brain") to ``out_dir``.
 
     Args:
-        anatomy: "knee" (procedural coronal knee, CORPD_FBK/CORPDFS_FBK) or "brain" (Colin27/MNI152 axial,
-            AXT1/AXT2/AXFLAIR/AXT1POST).
+        anatomy: "knee" (procedural coronal knee, CORPD_FBK/CORPDFS_FBK) or "brain" (MNI152 axial,
+            AXT1/AXT2/AXFLAIR/AXT1POST; needs the anatomy file, :mod:`varnet_ds.sim.anatomy`).
         out_dir: folder (created if missing).
         volumes: number of files.
         slices: slices per volume (default: random, knee 10..16, brain 8..16).
@@ -161,7 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             t0 = time.perf_counter()
             render_preview(args.preview, seed=args.seed, shape=args.shape, coils=args.coils)
             print(f"preview: {args.preview} in {time.perf_counter() - t0:.1f} s")
-    except ValueError as err:
+    except (ValueError, AnatomySourceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

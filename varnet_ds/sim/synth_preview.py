@@ -19,8 +19,7 @@ PANELS = (("knee", "CORPD_FBK"), ("knee", "CORPDFS_FBK"), ("brain", "AXT1"), ("b
           ("brain", "AXFLAIR"), ("brain", "AXT1POST"))
 
 
-def render_preview(path, seed: int = 0, shape=None, coils: Optional[int] = None, slices: int = 3,
-                   colin_path: Optional[str] = None) -> Path:
+def render_preview(path, seed: int = 0, shape=None, coils: Optional[int] = None, slices: int = 3) -> Path:
     """Simulate one small volume per contrast (nothing written to disk) and save the figure as PNG.
 
     Args:
@@ -29,7 +28,6 @@ def render_preview(path, seed: int = 0, shape=None, coils: Optional[int] = None,
         shape: k-space ``(H, W)`` or "HxW" for both anatomies (default: each anatomy's fastMRI size).
         coils: coil count (default: each anatomy's).
         slices: target rows to show (slices simulated per volume).
-        colin_path: brain template override.
 
     Returns:
         The PNG path.
@@ -44,7 +42,7 @@ def render_preview(path, seed: int = 0, shape=None, coils: Optional[int] = None,
     fig, axes = plt.subplots(rows, len(PANELS), figsize=(2.4 * len(PANELS), 2.4 * rows + 0.6), squeeze=False)
     for col, (anatomy, acq) in enumerate(PANELS):
         spec = make_spec(anatomy, col, seed, shape=shape, slices=slices, coils=coils, acquisitions=[acq])
-        out = list(simulate_volume(spec, colin_path))
+        out = list(simulate_volume(spec))
         vmax = max(float(np.percentile(t, 99.7)) for _, t in out)
         for row, (_, target) in enumerate(out):
             axes[row, col].imshow(target, cmap="gray", vmin=0, vmax=vmax)
