@@ -28,6 +28,8 @@ from typing import List, Optional
 
 import torch
 
+from varnet_ds.exits import entry_point
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs"
 DATA = RUNS / "demo-data"
@@ -70,6 +72,12 @@ def make_data(fresh: bool) -> None:
                     str(DATA / "brain")], check=True)
 
 
+def _stop(message: str, code: int) -> None:
+    """End the demo with a step's own exit code (``varnet_ds/exits.py``), not ``SystemExit(message)``'s 1."""
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
 def study(name: str, nproc: Optional[int], extra: List[str]) -> None:
     """Every arm x seed with ``python -m varnet_ds.study`` (skips finished runs, resumes killed ones)."""
     cmd = [sys.executable, "-m", "varnet_ds.study", "--name", name, "--runs-dir", str(RUNS), "--config", "demo",
@@ -87,7 +95,7 @@ def study(name: str, nproc: Optional[int], extra: List[str]) -> None:
     say("study: " + " ".join(cmd[2:]))
     code = subprocess.run(cmd, cwd=ROOT).returncode
     if code != 0:
-        raise SystemExit(f"demo: the study failed with exit code {code}")
+        _stop(f"demo: the study failed with exit code {code}", code)
 
 
 def reconstruct(name: str, run: str) -> None:
@@ -101,7 +109,7 @@ def reconstruct(name: str, run: str) -> None:
     code = evaluate_main(["--run", str(folder), "--data", str(DATA / "brain"), "--out", str(out),
                           "--acceleration", "4", "--center-fraction", "0.08", "--mask-type", "equispaced"])
     if code != 0:
-        raise SystemExit(f"demo: evaluation of {run} failed ({code})")
+        _stop(f"demo: evaluation of {run} failed ({code})", code)
 
 
 def report(name: str) -> Path:
@@ -114,10 +122,11 @@ def report(name: str) -> Path:
                             "varnet_ds", "--study", name, "--runs-dir", str(RUNS), "--dry-run",
                             str(out / "wandb_report.json")], cwd=ROOT)
     if wandb.returncode != 0:
-        raise SystemExit(f"demo: the W&B Report spec failed ({wandb.returncode})")
+        _stop(f"demo: the W&B Report spec failed ({wandb.returncode})", wandb.returncode)
     return out / "report.md"
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fresh", action="store_true", help="delete demo data and runs first")
