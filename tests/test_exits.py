@@ -116,7 +116,7 @@ def test_runner_counts_a_run_it_stopped_as_preempted(code, forwarded, expected):
 
 
 def test_port_pool_never_hands_out_a_port_twice(tmp_path):
-    from varnet_ds.distributed import port_is_free, rendezvous_ports, suggest_port
+    from varnet_ds.rendezvous import port_is_free, rendezvous_ports, suggest_port
     from varnet_ds.studies.ports import PortPool
 
     with socket.socket() as busy:
@@ -139,3 +139,21 @@ def test_port_pool_never_hands_out_a_port_twice(tmp_path):
     one.close()
     two.close()
     assert PortPool(candidates[1:], tmp_path).acquire() in candidates[1:]  # all released
+
+
+def test_rendezvous_settings_and_watchdog_leave_the_process_as_they_found_it(monkeypatch):
+    from varnet_ds.rendezvous import RENDEZVOUS_ENV, RendezvousError, env_positive, rendezvous_watchdog
+
+    monkeypatch.setenv(RENDEZVOUS_ENV, "soon")
+    with pytest.raises(RendezvousError, match="VARNET_DS_RENDEZVOUS_S='soon': must be a positive number"):
+        env_positive(RENDEZVOUS_ENV, 300.0)
+    monkeypatch.setenv(RENDEZVOUS_ENV, "0")
+    with pytest.raises(RendezvousError):
+        env_positive(RENDEZVOUS_ENV, 300.0)
+    monkeypatch.setenv(RENDEZVOUS_ENV, "2.5")
+    assert env_positive(RENDEZVOUS_ENV, 300.0) == 2.5
+    monkeypatch.delenv(RENDEZVOUS_ENV)
+    assert env_positive(RENDEZVOUS_ENV, 300.0) == 300.0
+    with rendezvous_watchdog(30.0, lambda: "never printed"):  # a rendezvous that succeeds in time
+        pass
+    assert signal.set_wakeup_fd(-1) == -1  # the wakeup descriptor was restored

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from trainrun import NO_EVAL, ROOT, common, env, ok, train_rows
 
-from varnet_ds.distributed import RENDEZVOUS_ENV
 from varnet_ds.exits import EXIT_REQUEUE, EXIT_USAGE
+from varnet_ds.rendezvous import RENDEZVOUS_ENV
 from varnet_ds.run_folder import read_finished
 from varnet_ds.trainer import checkpoint as ckpt
 

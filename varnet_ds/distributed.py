@@ -1,43 +1,38 @@
-"""Process-group set-up for the DeepSpeed launcher, torchrun, srun and a plain single process; DeepSpeed JSON loading.
+"""Process-group set-up for the DeepSpeed launcher, torchrun, srun and a plain single process; collectives;
+DeepSpeed JSON loading.
 
-Two cases, by who chose the rendezvous port:
+Two cases, by who chose the rendezvous port (what happens when it is taken: :mod:`varnet_ds.rendezvous`):
 
 - A plain ``python varnet_ds/train.py`` (no ``RANK``/``WORLD_SIZE``): varnet_ds owns the choice. The process binds
   its own TCP store on a port the kernel picks (port 0) and exports it as ``MASTER_PORT``: nothing can take that
   port between choosing and binding, so runs started side by side never collide.
 - The DeepSpeed launcher, torchrun or srun exported ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``: the
   launcher or the user chose the port. Rank 0 binds it; if it is taken, :func:`init_distributed` raises
-  :class:`RendezvousError` naming the port and the flag to pass (``--master_port N``, ``MASTER_PORT=N``) with a
-  port free now, before anything else happened. The other ranks cannot see that: they would wait for ever on a
-  port held by another program, so until every rank has answered one all-reduce a watchdog ends them after
-  ``VARNET_DS_RENDEZVOUS_S`` seconds (default 300) with exit code 2 and the same advice, and at once with the
-  requeue code 75 on SIGTERM/SIGUSR1 (nothing was started yet).
+  :class:`~varnet_ds.rendezvous.RendezvousError` naming the port and the flag to pass, before anything else
+  happened. The other ranks cannot see that, so they join under :func:`~varnet_ds.rendezvous.rendezvous_watchdog`
+  until every rank has answered one all-reduce.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
-import signal
-import socket
-import sys
-import threading
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
 from varnet_ds.config import ConfigError
-from varnet_ds.exits import EXIT_REQUEUE, EXIT_USAGE, PREEMPT_SIGNALS
-
-RENDEZVOUS_ENV = "VARNET_DS_RENDEZVOUS_S"  # seconds every rank waits for the others at start-up
-FIRST_PORT = 29600  # rendezvous ports we suggest or hand out: above the launchers' default 29500, below the
-                    # kernel's ephemeral range (no outgoing connection or bind(0) takes them meanwhile)
+from varnet_ds.rendezvous import (
+    RENDEZVOUS_ENV,
+    RendezvousError,
+    env_positive,
+    no_rendezvous_message,
+    port_in_use_message,
+    rendezvous_watchdog,
+)
 
 # Keys whose values come from our OmegaConf config, never from the DeepSpeed JSON.
 _OWNED_KEYS = {
@@ -58,120 +53,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-class RendezvousError(RuntimeError):
-    """The process group could not form (e.g. rank 0's port is in use); the message says what to pass."""
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback, from the kernel's ephemeral range. Free when this returns, not reserved:
-    for a rendezvous use :func:`suggest_port` (a message) or ``varnet_ds.studies.ports.PortPool`` (a runner)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a TCP store could listen on ``port`` now (on every address, with ``SO_REUSEADDR`` as it does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("", port))
-        except OSError:
-            return False
-        return True
-
-
-def rendezvous_ports() -> range:
-    """Ports for rendezvous that varnet_ds hands out: :data:`FIRST_PORT` up to the kernel's ephemeral range."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768  # the Linux default
-    return range(FIRST_PORT, low if low > FIRST_PORT + 100 else FIRST_PORT + 1000)
-
-
-def suggest_port(exclude: tuple = ()) -> int:
-    """The first port of :func:`rendezvous_ports` that is free on this machine now (for a message)."""
-    for port in rendezvous_ports():
-        if port not in exclude and port_is_free(port):
-            return port
-    return free_port()
-
-
-def _pass_port_advice(taken: str) -> str:
-    """How to pass another port than ``taken``, with one free on this machine now."""
-    port = suggest_port((int(taken),) if taken.isdigit() else ())
-    return (f"Pass a free port: `--master_port {port}` to the deepspeed launcher (or torchrun), or "
-            f"MASTER_PORT={port} for srun (`MASTER_PORT={port} sbatch launch/slurm.sbatch ...`); {port} is free on "
-            f"{socket.gethostname()} now.")
-
-
-def port_in_use_message(addr: str, port: str) -> str:
-    """Rank 0 could not bind ``MASTER_PORT``: the port, what to do, and a port free now."""
-    return (f"MASTER_PORT {port} (MASTER_ADDR {addr}) is in use: another job is listening there (both using the "
-            f"launcher's default port?). Nothing was started or written. {_pass_port_advice(port)}")
-
-
-def _no_rendezvous_message(rank: int, world_size: int, addr: str, port: str, seconds: float) -> str:
-    if rank == 0:
-        why = (f"not every one of the WORLD_SIZE={world_size} ranks joined rank 0 at {addr}:{port} within "
-               f"{seconds:g} s ({RENDEZVOUS_ENV}): a rank did not start or failed (its log says why), or the ranks "
-               "were given different MASTER_ADDR/MASTER_PORT/WORLD_SIZE")
-    else:
-        why = (f"no rendezvous with rank 0 at {addr}:{port} within {seconds:g} s ({RENDEZVOUS_ENV}): rank 0 did "
-               "not start, failed (its log says why; a port in use is named there), or another job holds that port")
-    return f"varnet_ds [rank {rank}]: {why}. Nothing was started or written. {_pass_port_advice(port)}"
-
-
-@contextmanager
-def _rendezvous_watchdog(seconds: float, message: Callable[[], str]) -> Iterator[None]:
-    """End this process if the block does not finish in ``seconds`` (exit 2, printing ``message()``), or when a
-    SIGTERM/SIGUSR1 (75) or SIGINT (130) arrives meanwhile.
-
-    The block waits inside torch's C++ rendezvous, where Python runs no signal handler and honours no timeout (a
-    client connected to a socket that never answers waits for ever), so a thread watches the clock and the
-    signals (through :func:`signal.set_wakeup_fd`). Nothing was started or written yet, so ending at once is safe.
-    """
-    done = threading.Event()
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    try:
-        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    except ValueError:  # not the main thread: the clock only
-        previous = None
-
-    def watch() -> None:
-        deadline = time.monotonic() + seconds
-        while not done.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                print(message(), file=sys.stderr, flush=True)
-                os._exit(EXIT_USAGE)
-            ready, _, _ = select.select([read_fd], [], [], min(left, 0.5))
-            got = set(os.read(read_fd, 64)) if ready else set()
-            if done.is_set():
-                return
-            if got & {int(s) for s in PREEMPT_SIGNALS}:
-                print(f"varnet_ds [rank {os.environ.get('RANK', '?')}]: signal during the rendezvous: nothing was "
-                      f"started or written; rerun the same command (exit code {EXIT_REQUEUE} = requeue)",
-                      file=sys.stderr, flush=True)
-                os._exit(EXIT_REQUEUE)
-            if int(signal.SIGINT) in got:
-                os._exit(128 + int(signal.SIGINT))
-
-    thread = threading.Thread(target=watch, name="varnet_ds-rendezvous", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        if previous is not None:
-            signal.set_wakeup_fd(previous)
-        thread.join()
-        os.close(read_fd)
-        os.close(write_fd)
 
 
 def cuda_device_index(local_rank: int, device_count: int) -> int:
@@ -245,14 +126,16 @@ def init_distributed() -> DistInfo:
     if not torch.distributed.is_initialized():
         # Generous collective timeout: evaluation of a large brain set or the start-up data check can keep
         # ranks apart for longer than DeepSpeed's 10-minute default.
-        timeout = timedelta(minutes=float(os.environ.get("VARNET_DS_TIMEOUT_MIN", "60")))
+        timeout = timedelta(minutes=env_positive("VARNET_DS_TIMEOUT_MIN", 60.0))
         if owned:
             store = torch.distributed.TCPStore("127.0.0.1", 0, 1, True, timeout=timeout)  # the kernel picks
             os.environ["MASTER_PORT"] = str(store.port)  # DeepSpeed names its shared-memory files after it
             torch.distributed.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
-            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)  # adopts the group
         else:
-            _join_group(deepspeed, backend, timeout, device)
+            _join_group(backend, timeout, device)
+        # DeepSpeed's comm layer adopts the group; outside the rendezvous watchdog, as building its shared-memory
+        # op can take long on a busy machine
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     if backend == "gloo":
         _unlink_shm_buffer()
     return DistInfo(
@@ -263,15 +146,22 @@ def init_distributed() -> DistInfo:
     )
 
 
-def _join_group(deepspeed: Any, backend: str, timeout: timedelta, device: torch.device) -> None:
-    """``env://`` rendezvous on the launcher's ``MASTER_ADDR:MASTER_PORT`` under :func:`_rendezvous_watchdog`,
-    until every rank has answered one all-reduce (a rank that reached another job's store never does)."""
+def _join_group(backend: str, timeout: timedelta, device: torch.device) -> None:
+    """``env://`` rendezvous on the launcher's ``MASTER_ADDR:MASTER_PORT`` under
+    :func:`~varnet_ds.rendezvous.rendezvous_watchdog`, until every rank has answered one all-reduce (a rank that
+    reached another job's store never does).
+
+    Raises:
+        RendezvousError: rank 0 cannot bind ``MASTER_PORT`` (or a rank count that does not add up).
+    """
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     addr, port = os.environ.get("MASTER_ADDR", "<unset>"), os.environ.get("MASTER_PORT", "<unset>")
-    seconds = float(os.environ.get(RENDEZVOUS_ENV, "300"))
-    with _rendezvous_watchdog(seconds, lambda: _no_rendezvous_message(rank, world_size, addr, port, seconds)):
+    seconds = env_positive(RENDEZVOUS_ENV, 300.0)
+    # As DeepSpeed does on CUDA: NCCL communicators bound to this rank's device (not for a world of one)
+    bind = {"device_id": device} if backend == "nccl" and world_size != 1 else {}
+    with rendezvous_watchdog(seconds, lambda: no_rendezvous_message(rank, world_size, addr, port, seconds)):
         try:
-            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+            torch.distributed.init_process_group(backend, timeout=timeout, **bind)
         except RuntimeError as err:
             if "address already in use" in str(err).lower() or "EADDRINUSE" in str(err):
                 raise RendezvousError(port_in_use_message(addr, port)) from err

@@ -57,7 +57,8 @@ def entry_point(main: F) -> F:
             if _depth["entry_points"] > 1:
                 raise
             traceback.print_exc()
-            print(f"{main.__module__}: internal error (exit code {EXIT_INTERNAL}): {type(err).__name__}: {err}\n"
+            name = main.__module__ if main.__module__ != "__main__" else sys.argv[0]  # python varnet_ds/train.py
+            print(f"{name}: internal error (exit code {EXIT_INTERNAL}): {type(err).__name__}: {err}\n"
                   "This is a bug or an unexpected failure, not bad data or a bad config; the traceback is above.",
                   file=sys.stderr, flush=True)
             return EXIT_INTERNAL

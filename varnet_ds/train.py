@@ -104,8 +104,9 @@ def _train(argv: Optional[List[str]]) -> int:
         torch.set_num_threads(max(int(os.environ["OMP_NUM_THREADS"]), 1))
 
     from varnet_ds.data.fastmri_file import DataError
-    from varnet_ds.distributed import RendezvousError, init_distributed
+    from varnet_ds.distributed import init_distributed
     from varnet_ds.profiling.planner import PlannerError
+    from varnet_ds.rendezvous import RendezvousError
     from varnet_ds.trainer.build import build_trainer
     from varnet_ds.trainer.checkpoint import CheckpointError
 

@@ -8,7 +8,7 @@ binds N seconds later, after its imports. :class:`PortPool` hands out N only whe
 2. this process holds N's lock file (``fcntl.flock``, released by the kernel even on kill -9), so two runners on one
    machine (two studies, or a study beside ``study_bench``) never hand out the same port at the same time, and
 3. N can be bound now, and it lies below the kernel's ephemeral port range
-   (``varnet_ds.distributed.rendezvous_ports``), where no outgoing connection or ``bind(0)`` of another program
+   (``varnet_ds.rendezvous.rendezvous_ports``), where no outgoing connection or ``bind(0)`` of another program
    takes it in the seconds before rank 0 binds it.
 
 A program that binds N explicitly in that window still wins; rank 0 then stops with exit code 2 naming the port.
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
-from varnet_ds.distributed import port_is_free, rendezvous_ports
+from varnet_ds.rendezvous import port_is_free, rendezvous_ports
 
 
 def default_lock_dir() -> Path:
@@ -34,7 +34,7 @@ class PortPool:
     """Ports for ``--master_port``, never the same one twice among live runs (of this or another runner).
 
     Args:
-        ports: candidates in order (default :func:`varnet_ds.distributed.rendezvous_ports`).
+        ports: candidates in order (default :func:`varnet_ds.rendezvous.rendezvous_ports`).
         lock_dir: the lock files' folder (default :func:`default_lock_dir`; created).
     """
 
