@@ -44,6 +44,7 @@ from analysis.stats import DiffRow, PairedRow, TransferRow, diff_rows, paired_ro
 from analysis.study import build_study_report
 from analysis.study_load import is_study, load_study
 from analysis.study_page import build_study_page
+from varnet_ds.exits import entry_point
 
 DEFAULT_NOTE = (
     "What this shows: how VarNets trained on knee data only (the reference run and the other run(s), e.g. without "
@@ -221,6 +222,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry; returns the exit status (2 on bad input, with the reason on stderr)."""
     args = parse_args(argv)

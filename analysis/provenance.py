@@ -41,6 +41,7 @@ except ModuleNotFoundError:  # run as a script (python analysis/provenance.py): 
 
 from analysis.checks import flatten
 from analysis.runs import CompareError, Run, load_run
+from varnet_ds.exits import entry_point
 
 EVENTS = ("start", "resume")
 EXECUTION_KEYS = ("world_size", "threads_per_rank")
@@ -268,6 +269,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry: 0 same, 1 differs, 2 bad input (a one-line reason on stderr)."""
     args = parse_args(argv)

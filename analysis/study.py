@@ -45,6 +45,7 @@ from analysis.study_report import (
     replace_block,
 )
 from analysis.study_stats import BOOTSTRAP_SEED, N_RESAMPLES, contrast_method, contrast_records, seed_mean
+from varnet_ds.exits import entry_point
 
 PER_VOLUME_COLUMNS = ("arm", "seed", "checkpoint", "split", "fname", "acquisition", "acceleration", "ssim", "psnr",
                       "nmse")
@@ -228,6 +229,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry; returns the exit status (2 on bad input, with a one-line reason on stderr)."""
     args = parse_args(argv)

@@ -38,6 +38,7 @@ if __package__ in (None, ""):
 from analysis.contrast_text import headline  # noqa: E402
 from analysis.runs import CompareError, cfg_get, parse_metrics, read_config  # noqa: E402
 from varnet_ds import run_folder  # noqa: E402  (torch-free: the run folder format)
+from varnet_ds.exits import entry_point  # noqa: E402
 
 STEP_KEY, EPOCH_KEY = "trainer/step", "trainer/epoch"
 EPOCH_PLOTS = (("Knee validation SSIM", "val_knee/ssim"), ("Brain (transfer) SSIM", "val_brain/ssim"),
@@ -318,6 +319,7 @@ def save_online(report: Any, study: Study, entity: str, project: str) -> str:
         raise ReportError(f"saving the report failed ({str(err).splitlines()[0]})", 1) from None
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entity", required=True, help="W&B entity (user or team)")

@@ -1,11 +1,11 @@
 """Reliability: bad data at start-up, non-finite losses and gradients (under CPU offload), rank-count mismatch, atomic
-checkpoints, config and port errors. Real processes and signals. Kill -9 of one rank, preemption and the
-bit-identical continuation are in tests/test_epochs.py (2 ranks, across epochs) and tests/test_preempt_eval.py."""
+checkpoints, config errors. Real processes and signals. Kill -9 of one rank, preemption and the bit-identical
+continuation are in tests/test_epochs.py (2 ranks, across epochs) and tests/test_preempt_eval.py; a busy port and a
+signal at start-up in tests/test_startup.py."""
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -66,18 +66,6 @@ def test_config_errors_before_any_process_group(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "fp16.enabled" in proc.stderr
     assert "init_distributed" not in proc.stderr and "Initializing TorchBackend" not in proc.stdout + proc.stderr
-
-
-def test_port_in_use_is_named(synth_dirs, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1)
-        port = sock.getsockname()[1]
-        port_env = dict(env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        cmd = [sys.executable, str(ROOT / "varnet_ds" / "train.py"), *common(synth_dirs, tmp_path)]
-        proc = subprocess.run(cmd, cwd=ROOT, env=port_env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert f"port {port}" in proc.stderr and "in use" in proc.stderr
 
 
 def test_world_size_mismatch_explains_the_way_out(tmp_path):

@@ -1,10 +1,10 @@
 """The import layers of ``varnet_ds`` (docs/development.md, "Layout"), checked on the source with ``ast``.
 
-L0 leaves ``config files seeding distributed system provenance console exits run_folder`` -> L1 ``model/ data/
-sim/`` -> L2 ``eval/ tracking/ profiling/`` -> L3 ``trainer/ studies/`` -> L4 entry points. A module imports only
-from lower layers or from its own unit (its folder, or the L0 leaves among themselves); ``sim/`` may use ``data/``
-(the augmentation preview) but ``data/`` never imports ``sim/``. Entry points may run each other (``demo`` runs
-``evaluate``).
+L0 leaves ``config files seeding distributed rendezvous system provenance console exits run_folder`` -> L1
+``model/ data/ sim/`` -> L2 ``eval/ tracking/ profiling/`` -> L3 ``trainer/ studies/`` -> L4 entry points. A module
+imports only from lower layers or from its own unit (its folder, or the L0 leaves among themselves); ``sim/`` may
+use ``data/`` (the augmentation preview) but ``data/`` never imports ``sim/``. Entry points may run each other
+(``demo`` runs ``evaluate``).
 """
 
 import ast
@@ -15,7 +15,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "varnet_ds"
 LAYERS = {
-    0: {"config", "files", "seeding", "distributed", "system", "provenance", "console", "exits", "run_folder"},
+    0: {"config", "files", "seeding", "distributed", "rendezvous", "system", "provenance", "console", "exits",
+        "run_folder"},
     1: {"model", "data", "sim"},
     2: {"eval", "tracking", "profiling"},
     3: {"trainer", "studies"},

@@ -265,5 +265,6 @@ def test_compare_runs_as_a_script(tmp_path):
     check = ("import sys, analysis.provenance, analysis.study, analysis.wandb_report; "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('varnet_ds', 'torch', 'deepspeed')))")
     proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, cwd=REPO)
-    # the statistics and reports read files: of the package only the torch-free run-folder format
-    assert proc.stdout.strip() == "['varnet_ds', 'varnet_ds.files', 'varnet_ds.run_folder']", proc.stderr
+    # the statistics and reports read files: of the package only the torch-free run-folder format and exit codes
+    expected = ["varnet_ds", "varnet_ds.exits", "varnet_ds.files", "varnet_ds.run_folder"]
+    assert proc.stdout.strip() == str(expected), proc.stderr

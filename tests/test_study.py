@@ -183,7 +183,9 @@ def test_gpu_packing(monkeypatch):
     assert [s.gpus for s in machine_slots(None, None)] == [list(range(8))]  # one ZeRO-2 run on all GPUs
     four = machine_slots(4, None)
     assert [s.gpus for s in four] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert four[1].launcher()[1:3] == ["--include", "localhost:4,5,6,7"]
+    assert four[1].launcher(29650)[1:] == ["--include", "localhost:4,5,6,7", "--master_port", "29650"]
+    with pytest.raises(ValueError, match="needs a port"):
+        four[1].launcher()
     with pytest.raises(ConfigError, match="--gpus-per-run 3"):
         machine_slots(3, None)
 
@@ -199,7 +201,9 @@ def test_cpu_packing(monkeypatch):
     assert [(s.ranks, s.threads) for s in slots] == [(1, 1), (1, 1)]  # one 1-rank run per core
     assert [(s.ranks, s.threads) for s in machine_slots(None, 1)] == [(1, 2)]
     assert slots[0].env()["OMP_NUM_THREADS"] == "1" and slots[0].launcher() == [sys.executable]  # no launcher
-    two_ranks = Slot(None, 2, 1).launcher()  # study_bench's 2-rank layout
+    monkeypatch.setenv("MASTER_PORT", "29500")  # inherited from a shell: train.py binds a port of its own instead
+    assert "MASTER_PORT" not in slots[0].env() and "RANK" not in slots[0].env()
+    two_ranks = Slot(None, 2, 1).launcher(29651)  # study_bench's 2-rank layout
     assert Path(two_ranks[0]).name == "deepspeed" and two_ranks[1:3] == ["--num_gpus", "2"]
 
 
@@ -217,13 +221,17 @@ out = Path(__file__).parent / "run"
 def stop(signum, frame):
     (out / "signal").write_text(str(signum))
     sys.exit(75)  # EXIT_REQUEUE: checkpoint written
-signal.signal(signal.SIGTERM, stop)
+if HANDLER:
+    signal.signal(signal.SIGTERM, stop)
 (out / "started").write_text(str(os.getpid()))
 time.sleep(60)
 """
 
 
-def test_sigterm_to_the_runner_reaches_a_cpu_run(tmp_path):
+@pytest.mark.parametrize("handler", [True, False], ids=["checkpointed", "before-its-handler"])
+def test_sigterm_to_the_runner_reaches_a_cpu_run(tmp_path, handler):
+    """Forwarded to the run; it counts as preempted also when the signal killed it (-15) before its handler
+    existed (the run resumes from its last checkpoint, or starts again)."""
     import os
     import signal
     import time
@@ -231,7 +239,7 @@ def test_sigterm_to_the_runner_reaches_a_cpu_run(tmp_path):
     import psutil
 
     job = tmp_path / "fake_train.py"
-    job.write_text(FAKE_TRAINING)
+    job.write_text(FAKE_TRAINING.replace("HANDLER", str(handler)))
     runner = subprocess.Popen([sys.executable, "-c", FORWARDING_RUNNER, str(job)], cwd=ROOT, env=env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started = tmp_path / "run" / "started"
@@ -246,8 +254,10 @@ def test_sigterm_to_the_runner_reaches_a_cpu_run(tmp_path):
         runner.kill()
         if started.exists() and started.read_text() and psutil.pid_exists(int(started.read_text())):
             os.kill(int(started.read_text()), signal.SIGKILL)  # a job the runner failed to stop
-    assert (tmp_path / "run" / "signal").read_text() == str(int(signal.SIGTERM)), out + err  # forwarded
-    assert "preempted job" in out and "failed {'job': 75}" in out, out + err
+    if handler:
+        assert (tmp_path / "run" / "signal").read_text() == str(int(signal.SIGTERM)), out + err  # forwarded
+    assert "preempted job" in out and "failed {'job': 75}" in out and "FAILED" not in out, out + err
+    assert f"(exit {75 if handler else -signal.SIGTERM})" in out, out
 
 
 def test_finished_is_the_marker_for_the_length_asked(tmp_path):

@@ -61,7 +61,7 @@ def run_poisoned(args, timeout=300):
 
 
 def free_port():
-    from varnet_ds.distributed import free_port
+    from varnet_ds.rendezvous import free_port
 
     return free_port()
 

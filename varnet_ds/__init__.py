@@ -4,8 +4,9 @@ MRAugment, W&B).
 Layers (imports only go down; ``tests/test_layers.py``):
 
 - L0 leaves: ``config`` (schema, choices, rerun guard), ``files`` (atomic writes), ``seeding``, ``distributed``
-  (process group, device, collectives), ``system`` (versions, memory), ``provenance`` (code, environment and
-  data identity of a run), ``console``, ``exits``.
+  (process group, device, collectives), ``rendezvous`` (ports, start-up watchdog), ``system`` (versions, memory),
+  ``provenance`` (code, environment and data identity of a run), ``console``, ``exits`` (codes, the
+  internal-error wrapper, the start-up signal recorder).
 - L1: ``model/`` (VarNetDS, build_model, weights, the forward+loss step), ``data/`` (the real fastMRI pipeline),
   ``sim/`` (the simulator; ``data/`` never imports it).
 - L2: ``eval/`` (metrics, Validator, selection, export), ``tracking/`` (metrics.jsonl, W&B, Tracker),

@@ -43,6 +43,7 @@ import torch
 from fastmri.models import VarNet
 
 from varnet_ds.config import CHECKPOINTING, FASTMRI_SIZES, PRECISIONS, SIZE_KEYS
+from varnet_ds.exits import entry_point
 from varnet_ds.files import atomic_write_json, strict_json
 from varnet_ds.model.varnet import SENS_CHECKPOINTED, count_parameters
 from varnet_ds.profiling.benchmark import DS_DIR, REFERENCE, bench_augment_rows, run
@@ -218,6 +219,7 @@ def _plan(args, model_kw: dict) -> Tuple[dict, int]:
     return out, 0
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     for name in ("steps", "augment_repeats", "world_size"):

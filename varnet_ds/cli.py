@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import varnet_ds
-from varnet_ds.exits import EXIT_USAGE
+from varnet_ds.exits import EXIT_USAGE, entry_point
 
 PROG = "varnet-ds"
 CHECKOUT = Path(__file__).resolve().parents[1]  # the repository root when running from a source checkout
@@ -149,6 +149,7 @@ def run_command(name: str, args: List[str]) -> int:
     return 0 if status is None else int(status)
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``varnet-ds``: dispatch ``argv[0]`` with the rest of ``argv``.
 

@@ -32,6 +32,7 @@ from typing import List, Optional
 
 import torch
 
+from varnet_ds.exits import entry_point
 from varnet_ds.files import atomic_write_text
 from varnet_ds.sim import manifest as data_manifest
 from varnet_ds.sim.anatomy import AnatomySourceError, require
@@ -167,6 +168,12 @@ def write_manifest(path: Path = data_manifest.DEMO_MANIFEST) -> None:
     say(f"wrote {path} ({sum(len(list((DATA / n).glob('*.h5'))) for n in DEMO_SETS)} files); commit it")
 
 
+def _stop(message: str, code: int) -> None:
+    """End the demo with a step's own exit code (``varnet_ds/exits.py``), not ``SystemExit(message)``'s 1."""
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
 def study(name: str, nproc: Optional[int], extra: List[str]) -> None:
     """Every arm x seed with ``python -m varnet_ds.study`` (skips finished runs, resumes killed ones)."""
     cmd = [sys.executable, "-m", "varnet_ds.study", "--name", name, "--runs-dir", str(RUNS), "--config", "demo",
@@ -184,7 +191,7 @@ def study(name: str, nproc: Optional[int], extra: List[str]) -> None:
     say("study: " + " ".join(cmd[2:]))
     code = subprocess.run(cmd, cwd=ROOT).returncode
     if code != 0:
-        raise SystemExit(f"demo: the study failed with exit code {code}")
+        _stop(f"demo: the study failed with exit code {code}", code)
 
 
 def reconstruct(name: str, run: str) -> None:
@@ -198,7 +205,7 @@ def reconstruct(name: str, run: str) -> None:
     code = evaluate_main(["--run", str(folder), "--data", str(DATA / "brain"), "--out", str(out),
                           "--acceleration", "4", "--center-fraction", "0.08", "--mask-type", "equispaced"])
     if code != 0:
-        raise SystemExit(f"demo: evaluation of {run} failed ({code})")
+        _stop(f"demo: evaluation of {run} failed ({code})", code)
 
 
 def report(name: str) -> Path:
@@ -211,10 +218,11 @@ def report(name: str) -> Path:
                             "varnet_ds", "--study", name, "--runs-dir", str(RUNS), "--dry-run",
                             str(out / "wandb_report.json")], cwd=ROOT)
     if wandb.returncode != 0:
-        raise SystemExit(f"demo: the W&B Report spec failed ({wandb.returncode})")
+        _stop(f"demo: the W&B Report spec failed ({wandb.returncode})", wandb.returncode)
     return out / "report.md"
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fresh", action="store_true", help="delete demo data and runs first")

@@ -1,14 +1,22 @@
-"""Process-group set-up for the DeepSpeed launcher, torchrun and a plain single process; DeepSpeed JSON loading.
+"""Process-group set-up for the DeepSpeed launcher, torchrun, srun and a plain single process; collectives;
+DeepSpeed JSON loading.
 
-The DeepSpeed launcher and torchrun export ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``;
-a plain ``python varnet_ds/train.py`` gets a one-process group on a free loopback port.
+Two cases, by who chose the rendezvous port (what happens when it is taken: :mod:`varnet_ds.rendezvous`):
+
+- A plain ``python varnet_ds/train.py`` (no ``RANK``/``WORLD_SIZE``): varnet_ds owns the choice. The process binds
+  its own TCP store on a port the kernel picks (port 0) and exports it as ``MASTER_PORT``: nothing can take that
+  port between choosing and binding, so runs started side by side never collide.
+- The DeepSpeed launcher, torchrun or srun exported ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``: the
+  launcher or the user chose the port. Rank 0 binds it; if it is taken, :func:`init_distributed` raises
+  :class:`~varnet_ds.rendezvous.RendezvousError` naming the port and the flag to pass, before anything else
+  happened. The other ranks cannot see that, so they join under :func:`~varnet_ds.rendezvous.rendezvous_watchdog`
+  until every rank has answered one all-reduce.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +25,14 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from varnet_ds.config import ConfigError
+from varnet_ds.rendezvous import (
+    RENDEZVOUS_ENV,
+    RendezvousError,
+    env_positive,
+    no_rendezvous_message,
+    port_in_use_message,
+    rendezvous_watchdog,
+)
 
 # Keys whose values come from our OmegaConf config, never from the DeepSpeed JSON.
 _OWNED_KEYS = {
@@ -37,13 +53,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cuda_device_index(local_rank: int, device_count: int) -> int:
@@ -89,17 +98,18 @@ def _unlink_shm_buffer() -> None:
 
 
 def init_distributed() -> DistInfo:
-    """Initialise ``torch.distributed`` through DeepSpeed (NCCL on CUDA, gloo on CPU).
+    """Initialise ``torch.distributed`` (NCCL on CUDA, gloo on CPU) and DeepSpeed's comm layer on top of it.
 
     Returns:
         The rank, world size, local rank and the device this rank computes on.
+
+    Raises:
+        RendezvousError: rank 0 cannot bind ``MASTER_PORT`` (the message names the port and the flag to pass).
     """
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-        os.environ["RANK"] = "0"
-        os.environ["WORLD_SIZE"] = "1"
-        os.environ["LOCAL_RANK"] = "0"
+    owned = "RANK" not in os.environ or "WORLD_SIZE" not in os.environ
+    if owned:  # a plain process: its own one-process group; MASTER_PORT is the port its store binds below
+        os.environ.pop("MASTER_PORT", None)
+        os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     os.environ.setdefault("LOCAL_RANK", "0")
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
@@ -114,19 +124,18 @@ def init_distributed() -> DistInfo:
     import deepspeed
 
     if not torch.distributed.is_initialized():
-        try:
-            # Generous collective timeout: evaluation of a large brain set or the start-up data check can keep
-            # ranks apart for longer than DeepSpeed's 10-minute default.
-            minutes = float(os.environ.get("VARNET_DS_TIMEOUT_MIN", "60"))
-            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=minutes))
-        except RuntimeError as err:
-            if "address already in use" in str(err).lower() or "EADDRINUSE" in str(err):
-                raise RuntimeError(
-                    f"port {os.environ.get('MASTER_PORT')} on {os.environ.get('MASTER_ADDR')} is in use: "
-                    "another job is running there; pass `--master_port N` to the deepspeed launcher "
-                    "(or set MASTER_PORT) to a free port"
-                ) from err
-            raise
+        # Generous collective timeout: evaluation of a large brain set or the start-up data check can keep
+        # ranks apart for longer than DeepSpeed's 10-minute default.
+        timeout = timedelta(minutes=env_positive("VARNET_DS_TIMEOUT_MIN", 60.0))
+        if owned:
+            store = torch.distributed.TCPStore("127.0.0.1", 0, 1, True, timeout=timeout)  # the kernel picks
+            os.environ["MASTER_PORT"] = str(store.port)  # DeepSpeed names its shared-memory files after it
+            torch.distributed.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+        else:
+            _join_group(backend, timeout, device)
+        # DeepSpeed's comm layer adopts the group; outside the rendezvous watchdog, as building its shared-memory
+        # op can take long on a busy machine
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     if backend == "gloo":
         _unlink_shm_buffer()
     return DistInfo(
@@ -135,6 +144,31 @@ def init_distributed() -> DistInfo:
         local_rank=local_rank,
         device=device,
     )
+
+
+def _join_group(backend: str, timeout: timedelta, device: torch.device) -> None:
+    """``env://`` rendezvous on the launcher's ``MASTER_ADDR:MASTER_PORT`` under
+    :func:`~varnet_ds.rendezvous.rendezvous_watchdog`, until every rank has answered one all-reduce (a rank that
+    reached another job's store never does).
+
+    Raises:
+        RendezvousError: rank 0 cannot bind ``MASTER_PORT`` (or a rank count that does not add up).
+    """
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    addr, port = os.environ.get("MASTER_ADDR", "<unset>"), os.environ.get("MASTER_PORT", "<unset>")
+    seconds = env_positive(RENDEZVOUS_ENV, 300.0)
+    # As DeepSpeed does on CUDA: NCCL communicators bound to this rank's device (not for a world of one)
+    bind = {"device_id": device} if backend == "nccl" and world_size != 1 else {}
+    with rendezvous_watchdog(seconds, lambda: no_rendezvous_message(rank, world_size, addr, port, seconds)):
+        try:
+            torch.distributed.init_process_group(backend, timeout=timeout, **bind)
+        except RuntimeError as err:
+            if "address already in use" in str(err).lower() or "EADDRINUSE" in str(err):
+                raise RendezvousError(port_in_use_message(addr, port)) from err
+            raise
+        (joined,) = all_reduce_flags([1.0], device, op="sum")
+        if int(joined) != world_size:
+            raise RendezvousError(f"{int(joined)} ranks answered at {addr}:{port}, WORLD_SIZE is {world_size}")
 
 
 def load_ds_config(path: Union[str, Path], batch_size: int, grad_accum: int) -> Dict[str, Any]:

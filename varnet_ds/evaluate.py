@@ -26,7 +26,7 @@ import torch
 from varnet_ds.config import FASTMRI_SIZES, MASK_TYPES, PRECISIONS, SIZE_KEYS
 from varnet_ds.data.fastmri_file import DataError
 from varnet_ds.eval.export import DEFAULT_ACCELERATION, evaluate_folder, format_summary
-from varnet_ds.exits import EXIT_BAD_DATA, EXIT_USAGE
+from varnet_ds.exits import EXIT_BAD_DATA, EXIT_USAGE, entry_point
 from varnet_ds.model.weights import load_model, model_sizes
 from varnet_ds.run_folder import FINAL_WEIGHTS, SELECTED_WEIGHTS
 
@@ -93,6 +93,7 @@ def weights_source(run: Optional[Path], checkpoint: Optional[Path], weights: Opt
     return path
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; 0 on success, 1 on bad data, 2 on bad usage (the reason on stderr; varnet_ds.exits)."""
     args = build_parser().parse_args(argv)

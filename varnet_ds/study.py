@@ -31,7 +31,7 @@ import yaml
 
 from varnet_ds import run_folder
 from varnet_ds.config import EXTENDABLE_KEYS, RESUMABLE_KEYS, ConfigError, check_rerun_config, load_config
-from varnet_ds.exits import EXIT_REQUEUE, EXIT_USAGE
+from varnet_ds.exits import EXIT_REQUEUE, EXIT_USAGE, entry_point
 from varnet_ds.files import atomic_write_text
 from varnet_ds.studies.launch import launch_all, machine_slots
 
@@ -202,6 +202,7 @@ def analyze(study_dir: Path) -> int:
     return subprocess.run(cmd, cwd=ROOT).returncode
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     study_file = args.runs_dir / args.name / "study.yaml"

@@ -18,6 +18,7 @@ A benchmark, not a test: numbers depend on the machine; the table says which.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -26,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
+
+from varnet_ds.exits import entry_point
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 10
@@ -101,15 +104,18 @@ def _rate(run_dir: Path) -> float:
 def deepspeed_runs(data: Path, steps: int, runs: int, ranks: int) -> float:
     """Summed train samples/s of ``runs`` DeepSpeed runs of ``ranks`` CPU ranks each, started side by side."""
     from varnet_ds.studies.launch import Slot
+    from varnet_ds.studies.ports import PortPool
 
     threads = max((os.cpu_count() or 1) // (runs * ranks), 1)
-    with tempfile.TemporaryDirectory(prefix="study_bench_") as tmp:
+    ports = PortPool()  # one --master_port per live run, none handed out twice
+    with tempfile.TemporaryDirectory(prefix="study_bench_") as tmp, contextlib.closing(ports):
         procs, outs = [], []
         for i in range(runs):
             slot = Slot(None, ranks, threads)
             out = Path(tmp) / f"run{i}"
             outs.append(out)
-            procs.append(subprocess.Popen(_train_cmd(slot.launcher(), data, out, steps), cwd=ROOT, env=slot.env(),
+            launcher = slot.launcher(None if slot.direct else ports.acquire())
+            procs.append(subprocess.Popen(_train_cmd(launcher, data, out, steps), cwd=ROOT, env=slot.env(),
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         for proc in procs:
             _, err = proc.communicate()
@@ -118,6 +124,7 @@ def deepspeed_runs(data: Path, steps: int, runs: int, ranks: int) -> float:
         return sum(_rate(out) for out in outs)
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m varnet_ds.study_bench", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=150, help="timed steps per measurement (after 10 warm-up steps)")

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional
+
+from varnet_ds.exits import EXIT_BAD_DATA, EXIT_REQUEUE, EXIT_USAGE, early_signal, entry_point, startup_signals
 
 
 def _known_key(key: str) -> bool:
@@ -71,14 +74,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
+    """Train (or resume) one run. Returns the exit code (``varnet_ds/exits.py``); a SIGTERM/SIGUSR1 from the
+    first line on ends in a state the same command resumes (exit 75)."""
+    with startup_signals():  # before the heavy imports: a signal while they run is recorded, not fatal
+        return _train(argv)
+
+
+def _train(argv: Optional[List[str]]) -> int:
     args = parse_args(argv)
     from varnet_ds.config import ConfigError, load_config
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    from varnet_ds.exits import EXIT_BAD_DATA, EXIT_USAGE
-
     try:
         cfg = load_config(args.config, args.overrides)
         from varnet_ds.config import check_rerun_config
@@ -97,10 +106,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     from varnet_ds.data.fastmri_file import DataError
     from varnet_ds.distributed import init_distributed
     from varnet_ds.profiling.planner import PlannerError
+    from varnet_ds.rendezvous import RendezvousError
     from varnet_ds.trainer.build import build_trainer
     from varnet_ds.trainer.checkpoint import CheckpointError
 
-    dist = init_distributed()
+    try:  # before anything is read or written in the run folder
+        dist = init_distributed()
+    except RendezvousError as err:
+        print(f"varnet_ds [rank {os.environ.get('RANK', '0')}]: {err}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    if _signalled_before_start(cfg.run.out_dir, dist):
+        return EXIT_REQUEUE
     try:
         return build_trainer(cfg, args.ds_config, dist).fit()
     except (DataError, FloatingPointError) as err:  # the data (or what it does to the loss) is bad
@@ -109,6 +125,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (CheckpointError, ConfigError, FileNotFoundError, ValueError, PlannerError) as err:
         print(f"varnet_ds [rank {dist.rank}]: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+
+
+def _signalled_before_start(out_dir: str, dist) -> bool:
+    """The ranks agree (an all-reduce) whether any of them got SIGTERM/SIGUSR1 before the process group existed.
+
+    Nothing was trained or written yet, so they stop without a checkpoint; the requeue marker (SLURM) is written
+    all the same and the rerun starts (or resumes) as if this start had not happened. A signal after this point
+    is adopted by the trainer's ``Preemption``, which stops at its first agreement point with a checkpoint.
+    """
+    from varnet_ds.distributed import all_reduce_flags
+    from varnet_ds.trainer.state import Preemption
+
+    (agreed,) = all_reduce_flags([float(early_signal() or 0)], dist.device)
+    if not agreed:
+        return False
+    if dist.is_main:
+        Preemption.write_requeue_marker(Path(out_dir) / "checkpoints")
+        print(f"[varnet_ds] signal {int(agreed)} before training started: nothing was trained or written; rerun the "
+              f"same command (exit code {EXIT_REQUEUE} = requeue)", flush=True)
+    return True
 
 
 if __name__ == "__main__":

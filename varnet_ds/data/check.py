@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from varnet_ds.data.fastmri_file import DataError, PathLike, VolumeInfo, check_file, list_h5_files
+from varnet_ds.exits import entry_point
 
 
 @dataclass
@@ -115,6 +116,7 @@ def check_folder(
     return report
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns 0 when every folder is usable, 1 otherwise."""
     parser = argparse.ArgumentParser(

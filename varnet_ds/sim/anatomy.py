@@ -29,6 +29,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from varnet_ds.exits import entry_point
 from varnet_ds.files import atomic_path
 
 NAME = "MNI152 ICBM 2009a sym T1 (nilearn 0.14.1)"
@@ -163,6 +164,7 @@ def fetch(source: Optional[Union[str, Path]] = None) -> Path:
     return require()
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI: ``fetch [--from FILE]``, ``check``, ``path``; returns the exit code."""
     p = argparse.ArgumentParser(prog="python -m varnet_ds.sim.anatomy", description=__doc__.split("\n\n")[0])

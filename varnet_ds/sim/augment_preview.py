@@ -8,12 +8,14 @@ Without ``--file`` the slice comes from one simulated knee volume (``varnet_ds.s
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence, Tuple
 
 import torch
 
 from varnet_ds.config import AugConfig
 from varnet_ds.data.augment import MRAugment
+from varnet_ds.exits import entry_point
 from varnet_ds.seeding import derive_seed
 from varnet_ds.sim.synth import write_dataset
 
@@ -88,7 +90,8 @@ def write_preview(out: str, file: Optional[str] = None, slice_idx: Optional[int]
     print(f"wrote {out}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+@entry_point
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m varnet_ds.sim.augment_preview", description=__doc__.split("\n")[0])
     parser.add_argument("out", metavar="OUT.png", help="where to write the grid")
     parser.add_argument("--file", help="fastMRI multicoil h5 (default: one simulated knee volume)")
@@ -98,7 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--upsample", action="store_true", help="affine on a 2x upsampled grid")
     args = parser.parse_args(argv)
     write_preview(args.out, args.file, args.slice, args.seed, args.draws, args.upsample)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

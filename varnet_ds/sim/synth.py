@@ -25,6 +25,7 @@ from typing import List, Optional, Sequence
 import h5py
 import numpy as np
 
+from varnet_ds.exits import entry_point
 from varnet_ds.files import atomic_path
 from varnet_ds.provenance import library_versions, package_version
 from varnet_ds.sim.anatomy import AnatomySourceError
@@ -163,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the process exit code."""
     args = _parser().parse_args(argv)

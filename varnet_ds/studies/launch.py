@@ -1,11 +1,14 @@
 """Packing study runs onto one machine: slots (GPU groups or CPU core shares) and a small launch queue.
 
 A slot runs one training job at a time: on a GPU node under the DeepSpeed launcher with ``--include localhost:IDS``
-(K GPUs, K ranks, its own ``--master_port``); on a CPU box as one plain ``train.py`` process (world size 1, a free
-port of its own) with ``OMP_NUM_THREADS = cores // slots``: for one rank the launcher would only add two Python
-processes importing DeepSpeed, ~7 s of CPU on the 2-core box. Every job writes its output to ``OUT_DIR/train.log``
-and keeps running when another fails. SIGTERM or SIGINT to the runner is forwarded to the training processes of the
-running jobs (they checkpoint and exit with the requeue code).
+(K GPUs, K ranks, its own ``--master_port`` from a :class:`~varnet_ds.studies.ports.PortPool`: never a port another
+live run holds); on a CPU box as one plain ``train.py`` process (world size 1; it binds its own store on a port the
+kernel picks, so no port is handed to it at all) with ``OMP_NUM_THREADS = cores // slots``: for one rank the
+launcher would only add two Python processes importing DeepSpeed, ~7 s of CPU on the 2-core box. Every job writes
+its output to ``OUT_DIR/train.log`` and keeps running when another fails. SIGTERM or SIGINT to the runner is
+forwarded to the training processes of the running jobs (they checkpoint and exit with the requeue code); a job
+it forwarded the signal to counts as preempted (rerun to resume) unless it exits 0 or with a failure code (1, 2,
+70), also when the signal came before its handler existed.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from varnet_ds.config import ConfigError
-from varnet_ds.distributed import free_port
-from varnet_ds.exits import EXIT_REQUEUE
+from varnet_ds.exits import EXIT_BAD_DATA, EXIT_INTERNAL, EXIT_REQUEUE, EXIT_USAGE
+from varnet_ds.studies.ports import PortPool
 
 Job = Tuple[str, List[str], Path]  # (name, train.py arguments, run folder)
 
@@ -40,26 +43,27 @@ class Slot:
         """One CPU rank: ``train.py`` runs as a plain process, without the DeepSpeed launcher."""
         return self.gpus is None and self.ranks == 1
 
-    def launcher(self) -> List[str]:
+    def launcher(self, port: Optional[int] = None) -> List[str]:
         """The command that ``train.py`` and its arguments follow: this Python for a :attr:`direct` slot, else the
-        DeepSpeed launcher (a fresh ``--master_port`` on every call)."""
+        DeepSpeed launcher with ``--master_port port`` (from :meth:`PortPool.acquire`)."""
         if self.direct:
             return [sys.executable]
+        if port is None:
+            raise ValueError("a DeepSpeed launcher slot needs a port (PortPool.acquire())")
         ds = str(Path(sys.executable).parent / "deepspeed")
         where = (["--include", "localhost:" + ",".join(map(str, self.gpus))] if self.gpus is not None
                  else ["--num_gpus", str(self.ranks)])
-        return [ds, *where, "--master_port", str(free_port())]
+        return [ds, *where, "--master_port", str(port)]
 
     def env(self) -> Dict[str, str]:
-        """The job's environment; a :attr:`direct` job gets a world of its own (a fresh master port, no inherited
-        rank variables, which would make it wait for ranks that never come)."""
+        """The job's environment; a :attr:`direct` job gets a world of its own (no inherited rank variables, which
+        would make it wait for ranks that never come, and no MASTER_PORT: ``train.py`` binds its own)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.gpus is None:
             env["OMP_NUM_THREADS"] = str(self.threads)
         if self.direct:
-            for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE"):
+            for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT"):
                 env.pop(key, None)
-            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         return env
 
     def describe(self, count: int) -> str:
@@ -120,16 +124,21 @@ def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], 
     """Run ``jobs`` on ``slots``, at most one job per slot at a time, in order.
 
     Returns:
-        ``{name: exit code}`` of the jobs that failed (empty: all succeeded).
+        ``{name: exit code}`` of the jobs that did not succeed: :data:`EXIT_REQUEUE` for a preempted one (also one
+        killed by the stop signal this runner forwarded), else its own code; 128 + signal for jobs never started
+        because the runner was stopped. Empty: all succeeded.
     """
     queue = list(jobs)
-    running: Dict[int, Tuple[str, subprocess.Popen, float, Path]] = {}
+    running: Dict[int, Tuple[str, subprocess.Popen, float, Path, Optional[int]]] = {}
     failed: Dict[str, int] = {}
     stop = {"signal": 0}
+    forwarded: set = set()  # names of the jobs this runner sent SIGTERM to
+    ports = PortPool()
 
     def forward(signum, _frame):
         stop["signal"] = signum
-        for i, (_, proc, _, _) in running.items():
+        for i, (name, proc, _, _, _) in running.items():
+            forwarded.add(name)
             if slots[i].direct:
                 proc.send_signal(signal.SIGTERM)  # the training process itself
             else:
@@ -143,24 +152,28 @@ def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], 
                     continue
                 name, args, out_dir = queue.pop(0)
                 out_dir.mkdir(parents=True, exist_ok=True)
+                port = None if slot.direct else ports.acquire()
                 log = open(out_dir / "train.log", "a", encoding="utf-8")
-                proc = subprocess.Popen([*slot.launcher(), *args], stdout=log, stderr=subprocess.STDOUT,
+                proc = subprocess.Popen([*slot.launcher(port), *args], stdout=log, stderr=subprocess.STDOUT,
                                         env=slot.env(), start_new_session=True,
                                         preexec_fn=_stop_with_parent(os.getpid()))
                 log.close()
-                running[i] = (name, proc, time.time(), out_dir)
+                running[i] = (name, proc, time.time(), out_dir, port)
                 say(f"start {name} on slot {i} (log {out_dir / 'train.log'})")
             time.sleep(0.5)
-            for i, (name, proc, t0, out_dir) in list(running.items()):
+            for i, (name, proc, t0, out_dir, port) in list(running.items()):
                 code = proc.poll()
                 if code is None:
                     continue
                 del running[i]
+                if port is not None:
+                    ports.release(port)
                 if code == 0:
                     say(f"done  {name} in {time.time() - t0:.0f} s")
-                elif code == EXIT_REQUEUE:
-                    failed[name] = code
-                    say(f"preempted {name} after {time.time() - t0:.0f} s: checkpoint written; rerun to resume")
+                elif preempted(code, name in forwarded):
+                    failed[name] = EXIT_REQUEUE
+                    say(f"preempted {name} after {time.time() - t0:.0f} s (exit {code}): rerun the same command to "
+                        "resume")
                 else:
                     failed[name] = code
                     say(f"FAILED {name}: exit {code} after {time.time() - t0:.0f} s; last lines of its log:\n"
@@ -172,7 +185,18 @@ def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], 
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+        ports.close()
     return failed
+
+
+def preempted(code: int, forwarded: bool) -> bool:
+    """A job's exit ``code`` means "rerun to resume": the requeue code, or -- for a job this runner forwarded a
+    stop signal to -- any end but success and the failure codes (bad data, bad usage, internal error); e.g. -15
+    when the signal came before the job's handler existed. Checkpoints are written atomically, so a job killed
+    anywhere resumes from its last complete one."""
+    if code == EXIT_REQUEUE:
+        return True
+    return forwarded and code not in (0, EXIT_BAD_DATA, EXIT_USAGE, EXIT_INTERNAL)
 
 
 def _signal_ranks(pid: int) -> None:

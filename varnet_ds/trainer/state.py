@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from varnet_ds.distributed import all_reduce_flags
+from varnet_ds.exits import PREEMPT_SIGNALS, early_signal
 
 
 @dataclass
@@ -78,15 +79,19 @@ class Preemption:
     agree through an all-reduce (:meth:`agree`, or the flag the train step reduces with its non-finite flag), so
     all of them stop at the same step, checkpoint and exit with the requeue code.
 
+    A signal that came before this handler existed (while torch imported or the engine was built) was recorded by
+    ``varnet_ds.exits.startup_signals``; it is adopted here and at :meth:`install`, so the trainer stops at its
+    first agreement point as if the signal had come during training.
+
     Args:
         device: where this rank's collectives run.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = PREEMPT_SIGNALS
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.seen: Optional[int] = None  # set asynchronously by the handler on this rank
+        self.seen: Optional[int] = early_signal()  # set asynchronously by the handler on this rank
         self.signal: Optional[int] = None  # set only from an all-reduce: every rank agrees
 
     def install(self) -> None:
@@ -95,6 +100,8 @@ class Preemption:
 
         for sig in self.SIGNALS:
             signal.signal(sig, handler)
+        if self.seen is None:  # one that reached the start-up recorder after __init__, before the line above
+            self.seen = early_signal()
 
     @property
     def local_flag(self) -> float:
