@@ -22,8 +22,8 @@ run's label for its start, ``<label> (resume at step N)`` for a resume. The bloc
      "data_differs": {folder: {segment: identity}},              # empty in a study: such a study is refused
      "ranks_threads": {segment: {"world_size": n, "threads_per_rank": t}}}
 
-Data identities are compared without their ``path`` (a copy elsewhere is the same data). Reads files only; never
-imports ``varnet_ds``.
+Data identities are compared without their ``path`` (a copy elsewhere is the same data). Reads files only; of the
+package it imports only the torch-free ``varnet_ds.exits`` (exit codes).
 """
 
 from __future__ import annotations

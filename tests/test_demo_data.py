@@ -127,12 +127,14 @@ def test_content_hash_is_of_content_not_layout(subset, tmp_path):
     assert manifest.content_sha256(other) != digest
 
 
-def test_demo_stops_without_the_anatomy_file(tmp_path, monkeypatch):
+def test_demo_stops_without_the_anatomy_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "DATA", tmp_path / "demo-data")
     monkeypatch.setenv(anatomy.ENV_DIR, str(tmp_path / "empty"))
     with pytest.raises(SystemExit) as stop:
         demo.make_data(fresh=True)
-    assert anatomy.FETCH_COMMAND in str(stop.value) and "missing" in str(stop.value)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2  # a missing setup step: usage, not bad data
+    assert anatomy.FETCH_COMMAND in err and "missing" in err
     assert not (tmp_path / "demo-data").exists()
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -63,28 +64,34 @@ def test_names():
 
 
 HOLDER = """
-import sys, time
+import sys
 from varnet_ds.run_folder import lock
 fd = lock(sys.argv[1])
 print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()  # holds the lock until told to exit
 """
 
 
 def test_one_process_per_run_folder(tmp_path, capsys):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run"), "1.5"], stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    fd = None
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFolderError, match=rf"in use by process {holder.pid} .*another run.out_dir"):
             lock(tmp_path / "run", wait_s=0.3)
         capsys.readouterr()
-        t0 = time.monotonic()
-        fd = lock(tmp_path / "run", wait_s=30)  # waits for the holder to end, says so once
-        assert time.monotonic() - t0 > 0.3
+        t0, signalled = time.monotonic(), []
+        assert lock(tmp_path / "run", wait_s=30, stop=lambda: bool(signalled.append(1)) or len(signalled) > 3) is None
+        assert time.monotonic() - t0 < 5  # a stop signal ends the wait: the caller exits to be requeued
+        capsys.readouterr()
+        threading.Timer(0.5, lambda: (holder.stdin.write("bye\n"), holder.stdin.flush())).start()
+        fd = lock(tmp_path / "run", wait_s=60)  # waits for the holder to end, says so once
+        assert time.monotonic() - t0 > 0.4
         assert capsys.readouterr().out.count(f"in use by process {holder.pid}; waiting") == 1
         assert (tmp_path / "run" / run_folder.LOCK).read_text().strip() == str(os.getpid())
     finally:
         holder.kill()
         holder.wait()
-    os.close(fd)
+        if fd is not None:
+            os.close(fd)

@@ -127,7 +127,7 @@ def test_study_runs_skips_and_resumes(tmp_path, synth_dirs):
         (run / name).unlink()
     again = _study(tmp_path, synth_dirs, "--set", "train.max_steps=3")
     assert again.returncode == 0 and "1 finished" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "writing the outputs a stop interrupted" in (run / "train.log").read_text()
+    assert "writing its outputs and FINISHED" in (run / "train.log").read_text()
     assert {n: (run / n).read_text() for n in tables} == tables and (run / "model_fp32.pt").is_file()
     def untimed(text):
         return [{k: v for k, v in json.loads(x).items() if k != "time"} for x in text.splitlines()]
@@ -144,6 +144,15 @@ def test_study_runs_skips_and_resumes(tmp_path, synth_dirs):
     steps = [json.loads(x)["step"] for x in (study / "baseline-s5" / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["split"] == "train"]
     assert steps == [1, 2, 3, 4, 5]  # every step logged once across the two invocations
+
+    # more epochs for runs that ended by max_steps: nothing to train, but FINISHED must name the new length, or the
+    # runner would start these runs on every rerun and its statistics would refuse them
+    wider = ("--set", "train.max_steps=5", "--set", "train.epochs=6", "--no-analysis")
+    assert _study(tmp_path, synth_dirs, *wider).returncode == 0
+    assert json.loads((study / "baseline-s5" / "FINISHED").read_text())["epochs"] == 6
+    assert "writing its outputs and FINISHED" in (study / "baseline-s5" / "train.log").read_text()
+    settled = _study(tmp_path, synth_dirs, *wider)
+    assert settled.returncode == 0 and "2 finished" in settled.stdout, settled.stdout[-2000:]
 
 
 def test_slurm_array_element_gets_its_run(tmp_path, capsys):

@@ -32,7 +32,7 @@ from typing import List, Optional
 
 import torch
 
-from varnet_ds.exits import entry_point
+from varnet_ds.exits import EXIT_USAGE, entry_point
 from varnet_ds.files import atomic_write_text
 from varnet_ds.sim import manifest as data_manifest
 from varnet_ds.sim.anatomy import AnatomySourceError, require
@@ -89,7 +89,7 @@ def simulate_data(root: Path = DATA) -> None:
     try:
         require()
     except AnatomySourceError as err:
-        raise SystemExit(f"demo: {err}") from None
+        _stop(f"demo: {err}", EXIT_USAGE)  # a setup step is missing, not bad data
     shutil.rmtree(root, ignore_errors=True)
     for name, kw in DEMO_SETS.items():
         t0 = time.time()
@@ -132,8 +132,10 @@ def make_data(fresh: bool) -> dict:
     verify_data(manifest, simulated)
     if simulated:
         stamp.write_text(spec)  # only data that matches the manifest is taken as present next time
-        subprocess.run([sys.executable, "-m", "varnet_ds.data.check", str(DATA / "knee_train"),
-                        str(DATA / "knee_val"), str(DATA / "brain")], check=True)
+        code = subprocess.run([sys.executable, "-m", "varnet_ds.data.check", str(DATA / "knee_train"),
+                               str(DATA / "knee_val"), str(DATA / "brain")]).returncode
+        if code:
+            _stop(f"demo: the data check of {DATA} failed ({code})", code)
     return manifest
 
 
@@ -212,8 +214,11 @@ def report(name: str) -> Path:
     """The comparison report of the study folder and the W&B Report spec (no network), in runs/demo/report."""
     out = RUNS / name / "report"
     py = sys.executable
-    subprocess.run([py, str(ROOT / "analysis" / "compare.py"), str(RUNS / name), "--out", str(out), "--note", NOTE],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    code = subprocess.run([py, str(ROOT / "analysis" / "compare.py"), str(RUNS / name), "--out", str(out), "--note",
+                           NOTE], cwd=ROOT, stdout=subprocess.DEVNULL).returncode
+    if code:
+        _stop(f"demo: the report of {RUNS / name} failed ({code}); rerun: python analysis/compare.py {RUNS / name}",
+              code)
     wandb = subprocess.run([py, str(ROOT / "analysis" / "wandb_report.py"), "--entity", "varnet-ds", "--project",
                             "varnet_ds", "--study", name, "--runs-dir", str(RUNS), "--dry-run",
                             str(out / "wandb_report.json")], cwd=ROOT)

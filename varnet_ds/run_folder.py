@@ -29,7 +29,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from varnet_ds.files import atomic_write_json
 
@@ -137,7 +137,8 @@ def output_files(run_dir: Path | str, splits: Sequence[str] = EVAL_SPLITS) -> Li
     return [n for n in names if (run_dir / n).exists()]
 
 
-def lock(run_dir: Path | str, wait_s: float = 600.0, say=print) -> int:
+def lock(run_dir: Path | str, wait_s: float = 600.0, say=print,
+         stop: Optional[Callable[[], bool]] = None) -> Optional[int]:
     """Take the run folder's lock (rank 0 of a training): one process works in a run folder at a time.
 
     A process still writing the folder (e.g. the run of a killed study runner, checkpointing on its way out)
@@ -145,7 +146,8 @@ def lock(run_dir: Path | str, wait_s: float = 600.0, say=print) -> int:
     holder exits, however it exits (``flock``).
 
     Returns:
-        The lock file's descriptor: keep it open for the life of the process.
+        The lock file's descriptor: keep it open for the life of the process. ``None`` when ``stop()`` became
+        true while waiting (a stop signal: the caller exits to be requeued without touching the folder).
 
     Raises:
         RunFolderError: still held after ``wait_s`` (the message names the folder and the holder's pid).
@@ -160,6 +162,9 @@ def lock(run_dir: Path | str, wait_s: float = 600.0, say=print) -> int:
             break
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if stop is not None and stop():
+                os.close(fd)
+                return None
             if time.monotonic() > deadline:
                 os.close(fd)
                 raise RunFolderError(f"{run_dir} is in use by process {holder} (lock {run_dir / LOCK}) after "

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from varnet_ds import run_folder
 from varnet_ds.exits import EXIT_BAD_DATA, EXIT_REQUEUE, EXIT_USAGE, early_signal, entry_point, startup_signals
 
 
@@ -115,6 +116,12 @@ def _train(argv: Optional[List[str]]) -> int:
     except RendezvousError as err:
         print(f"varnet_ds [rank {os.environ.get('RANK', '0')}]: {err}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    if dist.is_main:  # one process per run folder: wait for a leftover one still saving (or for a stop signal)
+        try:
+            _HELD.append(run_folder.lock(cfg.run.out_dir, stop=lambda: early_signal() is not None))
+        except run_folder.RunFolderError as err:
+            print(f"varnet_ds: {err}", file=sys.stderr, flush=True)
+            return EXIT_USAGE
     if _signalled_before_start(cfg.run.out_dir, dist):
         return EXIT_REQUEUE
     try:
@@ -125,6 +132,9 @@ def _train(argv: Optional[List[str]]) -> int:
     except (CheckpointError, ConfigError, FileNotFoundError, ValueError, PlannerError) as err:
         print(f"varnet_ds [rank {dist.rank}]: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+
+
+_HELD: List[Optional[int]] = []  # the run-folder lock, held until the process exits
 
 
 def _signalled_before_start(out_dir: str, dist) -> bool:

@@ -125,8 +125,8 @@ def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], 
 
     Returns:
         ``{name: exit code}`` of the jobs that did not succeed: :data:`EXIT_REQUEUE` for a preempted one (also one
-        killed by the stop signal this runner forwarded), else its own code; 128 + signal for jobs never started
-        because the runner was stopped. Empty: all succeeded.
+        killed by the stop signal this runner forwarded), else its own code; :data:`EXIT_REQUEUE` too for jobs never
+        started because the runner was stopped. Empty: all succeeded.
     """
     queue = list(jobs)
     running: Dict[int, Tuple[str, subprocess.Popen, float, Path, Optional[int]]] = {}
@@ -179,8 +179,8 @@ def launch_all(jobs: Sequence[Job], slots: Sequence[Slot], say: Callable[[str], 
                     say(f"FAILED {name}: exit {code} after {time.time() - t0:.0f} s; last lines of its log:\n"
                         + _tail(out_dir / "train.log"))
             if stop["signal"] and not running:
-                for name, _, _ in queue:
-                    failed[name] = 128 + stop["signal"]
+                for name, _, _ in queue:  # never started: the rerun starts them
+                    failed[name] = EXIT_REQUEUE
                 queue.clear()
     finally:
         for s, handler in old.items():

@@ -1,10 +1,10 @@
 """Ordered construction of a training run (torchtitan/litgpt style): every component built once, in one place.
 
-Order: DeepSpeed JSON → run-folder lock (rank 0) → process seeds → rerun check → run folder → start-up data check
-→ memory plan (RNG forked, config mutated) → config saved once (a stale FINISHED removed) → model + init weights →
-Adam → resume plan (other world size: universal checkpoint) → DeepSpeed engine → StepLR → SSIM loss → training
-data → restore from the checkpoint (with its last evaluation) → tracker (W&B off for a finished run) with the
-metrics rollback → start/plan/bad-file events → validator → :class:`Trainer`.
+Order (after ``train.py`` took the run-folder lock): DeepSpeed JSON → process seeds → rerun check → run folder →
+start-up data check → memory plan (RNG forked, config mutated) → config saved once (a stale FINISHED removed) →
+model + init weights → Adam → resume plan (other world size: universal checkpoint) → DeepSpeed engine → StepLR →
+SSIM loss → training data → restore from the checkpoint (with its last evaluation) → tracker (W&B off for a
+finished run) with the metrics rollback → start/plan/bad-file events → validator → :class:`Trainer`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from varnet_ds.model.varnet import build_model, count_parameters
 from varnet_ds.model.weights import load_init_weights
 from varnet_ds.profiling.memory_plan import apply_memory_plan
 from varnet_ds.provenance import DATA_FOLDERS, run_provenance
-from varnet_ds.run_folder import clear_finished, read_finished
-from varnet_ds.run_folder import lock as run_folder_lock
+from varnet_ds.run_folder import clear_finished, is_finished, read_finished
 from varnet_ds.seeding import reseed_after_world_size_change, seed_process
 from varnet_ds.system import device_name
 from varnet_ds.tracking.tracker import Tracker
@@ -36,8 +35,6 @@ from varnet_ds.trainer import checkpoint as ckpt
 from varnet_ds.trainer import elastic
 from varnet_ds.trainer.loop import Trainer
 from varnet_ds.trainer.state import TrainState
-
-_LOCKS: list = []  # run-folder lock descriptors, held for the life of the process
 
 
 def build_trainer(cfg: DictConfig, ds_config_path: str, dist: DistInfo) -> Trainer:
@@ -53,8 +50,6 @@ def build_trainer(cfg: DictConfig, ds_config_path: str, dist: DistInfo) -> Train
     run_dir = Path(cfg.run.out_dir)
     ckpt_dir = run_dir / "checkpoints"
     ds_cfg = load_ds_config(ds_config_path, cfg.data.batch_size, cfg.train.grad_accum)
-    if dist.is_main:  # one process in a run folder: a rerun waits for a leftover one that is still saving
-        _LOCKS.append(run_folder_lock(run_dir))
     seed_process(cfg.run.seed, dist.rank, cfg.train.deterministic)
     config_changes = check_rerun_config(cfg, run_dir / "config.yaml")  # every rank: all refuse together
     if dist.is_main:
@@ -76,7 +71,7 @@ def build_trainer(cfg: DictConfig, ds_config_path: str, dist: DistInfo) -> Train
     state, saved = TrainState(), None
     if resume_plan is not None:
         state, saved = _restore(engine, scheduler, data, cfg, ckpt_dir, resume_plan, dist)
-    complete = saved is not None and state.complete(cfg) and _finished_at(run_dir, state.global_step)
+    complete = saved is not None and state.complete(cfg) and _finished_at(run_dir, state.global_step, cfg)
     selector = ModelSelector(run_dir, dist.is_main)
     validator = Validator(cfg, dist, [str(p) for p, _ in bad_files])
     if not complete:  # saved once, after the memory plan; a finished run's config.yaml is never rewritten
@@ -100,10 +95,13 @@ def build_trainer(cfg: DictConfig, ds_config_path: str, dist: DistInfo) -> Train
                    validator=validator, complete=complete)
 
 
-def _finished_at(run_dir: Path, step: int) -> bool:
-    """The run folder's ``FINISHED`` marker belongs to the training that ended at ``step``."""
-    record = read_finished(run_dir)
-    return record is not None and record.get("step") == step
+def _finished_at(run_dir: Path, step: int, cfg: DictConfig) -> bool:
+    """``FINISHED`` is there for this length (the study runner's test, ``run_folder.is_finished``) and belongs to the
+    training that ended at ``step``. A complete training whose marker names another length (e.g. ``max_steps``
+    raised on a run that ended by epochs) is not: its outputs and marker are written again for the new length."""
+    if not is_finished(run_dir, cfg.train.epochs, cfg.train.max_steps):
+        return False
+    return read_finished(run_dir)["step"] == step
 
 
 def _restore(engine: Any, scheduler: Any, data: TrainData, cfg: DictConfig, ckpt_dir: Path,

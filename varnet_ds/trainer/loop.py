@@ -26,7 +26,7 @@ from varnet_ds.eval.validate import EvalOutput, Validator
 from varnet_ds.exits import EXIT_REQUEUE  # after a SIGTERM/SIGUSR1 checkpoint: "resume me"
 from varnet_ds.files import atomic_path
 from varnet_ds.model.step import train_loss
-from varnet_ds.run_folder import FINAL_WEIGHTS, output_files, write_finished
+from varnet_ds.run_folder import FINAL_WEIGHTS, FINISHED, output_files, write_finished
 from varnet_ds.system import peak_memory_gib, reset_peak_memory
 from varnet_ds.tracking.tracker import Tracker
 from varnet_ds.trainer import checkpoint as ckpt
@@ -277,7 +277,8 @@ class Trainer:
         if self.dist.is_main:
             if from_checkpoint:
                 print(f"[varnet_ds] {self.run_dir}: training and evaluation are complete (step "
-                      f"{state.global_step}); writing the outputs a stop interrupted", flush=True)
+                      f"{state.global_step}); writing its outputs and {FINISHED} (a stop came before them, or the run "
+                      "finished for another length)", flush=True)
             with atomic_path(self.run_dir / FINAL_WEIGHTS) as tmp:
                 torch.save(fp32_payload(self.engine.module, state.global_step, state.step_epoch, to_dict(self.cfg)),
                            tmp)
