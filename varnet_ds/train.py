@@ -116,13 +116,15 @@ def _train(argv: Optional[List[str]]) -> int:
     except RendezvousError as err:
         print(f"varnet_ds [rank {os.environ.get('RANK', '0')}]: {err}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    if _signalled_before_start(cfg.run.out_dir, dist):  # nothing read or written in the run folder yet
+        return EXIT_REQUEUE
     if dist.is_main:  # one process per run folder: wait for a leftover one still saving (or for a stop signal)
         try:
             _HELD.append(run_folder.lock(cfg.run.out_dir, stop=lambda: early_signal() is not None))
         except run_folder.RunFolderError as err:
             print(f"varnet_ds: {err}", file=sys.stderr, flush=True)
             return EXIT_USAGE
-    if _signalled_before_start(cfg.run.out_dir, dist):
+    if _signalled_before_start(cfg.run.out_dir, dist):  # a stop signal while rank 0 waited for the lock
         return EXIT_REQUEUE
     try:
         return build_trainer(cfg, args.ds_config, dist).fit()
