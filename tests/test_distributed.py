@@ -37,3 +37,25 @@ def test_one_gpu_per_task_uses_device_0(monkeypatch):
 def test_shm_buffer_condition_matches_deepspeed(world, local_size, used):
     """A 1-rank job started by the deepspeed launcher has a buffer too (it leaked before this was checked)."""
     assert shm_buffer_in_use(world, local_size) is used
+
+
+def test_one_process_cpu_group_builds_no_shm_op(tmp_path):
+    """A plain one-process CPU run must not JIT-compile DeepSpeed's shared-memory comm op (30-45 s on first use),
+    and leaves DeepSpeed's op table as it found it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import deepspeed.ops\n"
+            "from varnet_ds.distributed import init_distributed, SHM_OP\n"
+            "before = deepspeed.ops.__compatible_ops__.get(SHM_OP)\n"
+            "assert init_distributed().world_size == 1\n"
+            "assert deepspeed.ops.__compatible_ops__.get(SHM_OP) == before\n")
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"), OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "built successfully" not in proc.stdout
+    built = sorted(p.name for p in (tmp_path / "ext").rglob("*")) if (tmp_path / "ext").exists() else []
+    assert built == [], built

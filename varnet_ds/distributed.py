@@ -15,12 +15,13 @@ Two cases, by who chose the rendezvous port (what happens when it is taken: :mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch
 
@@ -86,6 +87,34 @@ def shm_buffer_in_use(world_size: int, local_size: Optional[str]) -> bool:
     return local_size is not None and local_size == str(world_size)
 
 
+SHM_OP = "deepspeed_shm_comm"  # DeepSpeed's CPU shared-memory all-reduce, JIT-compiled on first use
+
+
+@contextlib.contextmanager
+def _no_shm_op(skip: bool) -> Iterator[None]:
+    """While ``skip``, DeepSpeed's comm layer takes its CPU shared-memory op as unavailable and does not build it.
+
+    A one-process CPU group never reduces across processes, yet ``deepspeed.init_distributed`` would compile the op
+    (30-45 s on the 2-core box, once per machine and venv): the first run of a fresh ``make demo`` waited for it.
+    Multi-rank CPU groups still build and use it.
+    """
+    if not skip:
+        yield
+        return
+    import deepspeed.ops
+
+    ops = deepspeed.ops.__compatible_ops__  # DeepSpeed's own table of usable ops (build_shm_op consults it)
+    before = ops.get(SHM_OP)
+    ops[SHM_OP] = False
+    try:
+        yield
+    finally:
+        if before is None:
+            ops.pop(SHM_OP, None)
+        else:
+            ops[SHM_OP] = before
+
+
 def _unlink_shm_buffer() -> None:
     """DeepSpeed maps one shared-memory file per rank when all ranks of a CPU job share a machine and never unlinks
     it, so every run used to leave ~69 MB per rank in /dev/shm (RAM). Once every rank has mapped all of them (the
@@ -135,7 +164,8 @@ def init_distributed() -> DistInfo:
             _join_group(backend, timeout, device)
         # DeepSpeed's comm layer adopts the group; outside the rendezvous watchdog, as building its shared-memory
         # op can take long on a busy machine
-        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+        with _no_shm_op(backend == "gloo" and torch.distributed.get_world_size() == 1):
+            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     if backend == "gloo":
         _unlink_shm_buffer()
     return DistInfo(
