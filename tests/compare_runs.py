@@ -1,4 +1,4 @@
-"""Two synthetic run folders for the analysis/compare.py tests, written with the trainer's own writers
+"""Two synthetic run folders for the tests of varnet-ds report, written with the trainer's own writers
 (``varnet_ds.config.save_config`` and ``varnet_ds.tracking.tracker.Tracker`` with W&B disabled), so the report is
 tested against the real file format. ``write_run(root, "baseline")``: 3 epochs, knee and brain evaluations, both
 per-volume tables. ``write_run(root, "mraugment")``: 2 epochs, aug_p > 0, no knee evaluations or knee table (missing
@@ -130,8 +130,9 @@ def make_runs(root: Path) -> List[Path]:
 
 
 def make_report(runs: List[Path], out: Path) -> Path:
-    """``analysis.compare.build_report`` of ``runs`` into ``out`` (the mraugment run's torn line warns)."""
-    from analysis.compare import build_report
+    """``varnet_ds.analysis.compare.report.build_report`` of ``runs`` into ``out`` (the mraugment run's torn line
+    warns)."""
+    from varnet_ds.analysis.compare.report import build_report
 
     with pytest.warns(RuntimeWarning, match="torn last line"):
         md = build_report(runs, out)

@@ -1,7 +1,8 @@
 """``varnet-ds`` (:mod:`varnet_ds.cli`) and the package metadata it names (``pyproject.toml``).
 
 In-process: dispatch hands the arguments over unchanged, unknown commands/options exit 2 with the usage, a missing
-optional package names its extra, ``analysis/`` commands need a checkout, every entry point is a command, and the
+optional package names its extra, the analysis commands are package commands (``analysis/*.py`` call the same
+``main``), every entry point is a command, and the
 declared dependencies are what the code imports. One subprocess: ``python -m varnet_ds --help`` in a clean
 interpreter imports no torch and no command module.
 """
@@ -24,7 +25,7 @@ from varnet_ds import cli
 tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11 reads pyproject.toml with tomllib")
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-HEAVY = ("torch", "numpy", "deepspeed", "omegaconf", "wandb", "fastmri", "h5py", "yaml", "analysis")
+HEAVY = ("torch", "numpy", "deepspeed", "omegaconf", "wandb", "fastmri", "h5py", "yaml")
 
 
 def dist_name(requirement: str) -> str:
@@ -41,7 +42,7 @@ def test_help_in_a_clean_interpreter_is_fast_and_imports_no_command():
     for name in cli.COMMANDS:
         assert f"\n  {name} " in proc.stdout, f"{name} missing from the usage"
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    heavy = {m for m in imported if m.split(".")[0] in HEAVY}
+    heavy = {m for m in imported if m.split(".")[0] in HEAVY or m.startswith("varnet_ds.analysis")}
     commands = {m for m in imported if m in {c.module for c in cli.COMMANDS.values()}}
     assert not heavy and not commands, f"--help imported {sorted(heavy | commands)}"
     assert seconds < 20, f"--help took {seconds:.1f} s"  # a loose bound on a shared box; ~0.1 s when idle
@@ -117,13 +118,23 @@ def test_missing_fastmri_says_how_to_install_it_lean(monkeypatch, capsys):
     assert "pip install --no-deps fastmri==0.3.0" in capsys.readouterr().err
 
 
-def test_analysis_commands_need_a_checkout(monkeypatch, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:  # from this checkout: analysis/compare.py's own --help
+def test_analysis_commands_are_package_commands(capsys):
+    with pytest.raises(SystemExit) as exit_:  # varnet_ds.analysis.compare.report's own --help
         cli.main(["report", "--help"])
-    assert exit_.value.code == 0 and "--out" in capsys.readouterr().out
-    monkeypatch.setattr(cli, "CHECKOUT", tmp_path)  # an installed package: no analysis/ beside it
-    assert cli.main(["study-report", "runs/demo"]) == 2
-    assert "needs the analysis/ folder of a source checkout" in capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--out" in out and out.startswith("usage: varnet-ds report")
+    assert all(cli.COMMANDS[c].module.startswith("varnet_ds.analysis.")
+               for c in ("report", "study-report", "wandb-report", "provenance"))
+
+
+def _script_targets():
+    """``analysis/NAME.py`` -> the module whose ``main`` it runs (``main_of("...")``)."""
+    for path in sorted((ROOT / "analysis").glob("*.py")):
+        calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+                 and getattr(n.func, "id", None) == "main_of"]
+        if path.name != "_entry.py":
+            assert len(calls) == 1, f"{path}: a thin script calls main_of(MODULE) once"
+            yield path.name, calls[0].args[0].value
 
 
 def _entry_modules(folder: Path, package: str):
@@ -133,8 +144,7 @@ def _entry_modules(folder: Path, package: str):
 
 
 def test_every_entry_point_is_a_command_with_a_main():
-    entries = set(_entry_modules(ROOT / "varnet_ds", "varnet_ds")) | set(_entry_modules(ROOT / "analysis", "analysis"))
-    entries -= {"varnet_ds.cli", "varnet_ds.__main__"}
+    entries = set(_entry_modules(ROOT / "varnet_ds", "varnet_ds")) - {"varnet_ds.cli", "varnet_ds.__main__"}
     modules = {c.module for c in cli.COMMANDS.values()}
     assert entries == modules, f"not a command: {sorted(entries - modules)}; not an entry: {sorted(modules - entries)}"
     for module in [c.module for c in cli.COMMANDS.values()] + ["varnet_ds.cli"]:
@@ -142,8 +152,9 @@ def test_every_entry_point_is_a_command_with_a_main():
         (main,) = [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef) and n.name == "main"]
         if module.startswith("varnet_ds."):  # an uncaught exception exits 70 (varnet_ds.exits), never 1
             assert any(getattr(d, "id", None) == "entry_point" for d in main.decorator_list), f"{path}: @entry_point"
-    for cmd in cli.COMMANDS.values():
-        assert cmd.module.startswith("analysis.") == cmd.checkout_only, cmd
+    scripts = dict(_script_targets())  # the thin scripts of analysis/ run commands of the package
+    assert set(scripts) == {"compare.py", "study.py", "wandb_report.py", "provenance.py"}
+    assert set(scripts.values()) <= modules, scripts
 
 
 def test_console_scripts_point_at_functions_that_exist():
@@ -179,12 +190,11 @@ def test_declared_dependencies_are_what_the_code_imports():
                 for name in names:
                     imported.setdefault(name.split(".")[0], str(path.relative_to(ROOT)))
     third_party = {m: p for m, p in imported.items()
-                   if m not in sys.stdlib_module_names and m not in ("varnet_ds", "analysis", "__future__")}
+                   if m not in sys.stdlib_module_names and m not in ("varnet_ds", "_entry", "__future__")}
     known = set(cli.DEPENDENCIES) | set(cli.EXTRAS)
     assert set(third_party) <= known, {m: p for m, p in third_party.items() if m not in known}
 
 
 def test_every_command_module_is_importable_by_name():
     for cmd in cli.COMMANDS.values():
-        if not cmd.checkout_only:
-            assert importlib.util.find_spec(cmd.module) is not None, cmd.module
+        assert importlib.util.find_spec(cmd.module) is not None, cmd.module

@@ -1,4 +1,5 @@
-"""Tests of analysis/compare.py: the knee->brain comparison report built from two synthetic run folders.
+"""Tests of varnet-ds report (varnet_ds/analysis/compare/; script: analysis/compare.py): the knee->brain comparison
+report built from two synthetic run folders.
 
 The run folders come from ``tests/compare_runs.py`` (the trainer's own writers). W&B history and the HTML
 rendering: ``tests/test_compare_sources.py``.
@@ -20,12 +21,8 @@ import h5py
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # analysis/ is a top-level folder of the repo, not an installed package
-    sys.path.insert(0, str(REPO))
-
-from compare_runs import (  # noqa: E402
+import scipy.stats
+from compare_runs import (
     BRAIN_SSIM,
     BRAIN_SSIM_DIFF,
     BRAIN_VOLS,
@@ -36,9 +33,11 @@ from compare_runs import (  # noqa: E402
     read_jsonl,
 )
 
-from analysis.compare import build_report, main  # noqa: E402
-from analysis.runs import load_run  # noqa: E402
-from analysis.stats import bootstrap_mean_ci  # noqa: E402
+from varnet_ds.analysis.compare.report import build_report, main
+from varnet_ds.analysis.runs import load_run
+from varnet_ds.analysis.stats import RNG_KW, mean_ci
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -164,18 +163,23 @@ def test_paired_comparison_and_bootstrap(report, runs):
     assert md_row[0]["mraugment better/worse/tied"] == "4/1/1"
     groups = {r["volumes"] for r in _table_with(md, "95% bootstrap interval")}
     assert groups == {"all", "x4", "x8", "AXT1", "AXT2"}
-    low, high = bootstrap_mean_ci(diffs, seed=0)
-    assert (low, high) == bootstrap_mean_ci(diffs, seed=0) == (float(row["ci_low"]), float(row["ci_high"]))
+    low, high = mean_ci(diffs, seed=0)
+    assert (low, high) == mean_ci(diffs, seed=0) == (float(row["ci_low"]), float(row["ci_high"]))
+    # the one statistics method of the reports: scipy's percentile bootstrap, as the study's contrasts use it
+    ref = scipy.stats.bootstrap((diffs,), np.mean, method="percentile", confidence_level=0.95, n_resamples=10_000,
+                                **{RNG_KW: np.random.default_rng(0)}).confidence_interval
+    assert (low, high) == (ref.low, ref.high)
 
 
 def test_bootstrap_interval_matches_normal_approximation():
     sample = np.random.default_rng(3).normal(0.01, 0.02, size=60)
-    low, high = bootstrap_mean_ci(sample, seed=0)
+    low, high = mean_ci(sample, seed=0)
     half = 1.96 * sample.std(ddof=1) / np.sqrt(sample.size)
     assert low < sample.mean() < high
     assert (high - low) / 2 == pytest.approx(half, rel=0.15)
-    assert bootstrap_mean_ci(sample, seed=1) != (low, high)
-    assert bootstrap_mean_ci(sample[:1], seed=0) == (sample[0], sample[0])
+    assert mean_ci(sample, seed=1) != (low, high)
+    assert mean_ci(sample[:1], seed=0) == (sample[0], sample[0])
+    assert mean_ci(np.full(5, 0.25), seed=0) == (0.25, 0.25)  # nothing varies: no interval to resample
 
 
 def test_warnings_flag_missing_split_length_and_bad_rows(report):

@@ -1,27 +1,23 @@
-"""analysis/compare.py from W&B history (a fake public API fed with what the Tracker logs) and the report's HTML
-rendered in headless Chromium."""
+"""varnet-ds report (varnet_ds/analysis/compare/) from W&B history (a fake public API fed with what the Tracker logs)
+and the report's HTML rendered in headless Chromium."""
 
 from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 import pytest
+from browser import screenshot
+from compare_runs import make_report, make_runs, read_jsonl
+
+from varnet_ds.analysis.compare.report import build_report_from_runs, main
+from varnet_ds.analysis.compare.wandb_source import load_wandb_runs
+from varnet_ds.analysis.runs import load_run
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # analysis/ is a top-level folder of the repo, not an installed package
-    sys.path.insert(0, str(REPO))
-
-from browser import screenshot  # noqa: E402
-from compare_runs import make_report, make_runs, read_jsonl  # noqa: E402
-
-from analysis.compare import build_report_from_runs, main  # noqa: E402
-from analysis.runs import load_run  # noqa: E402
-from analysis.wandb_source import load_wandb_runs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +43,8 @@ class _FakeFile:
 
 
 class _FakeRun:
-    """What analysis.wandb_source uses of wandb.apis.public.Run, fed with what Tracker would have logged."""
+    """What varnet_ds.analysis.compare.wandb_source uses of wandb.apis.public.Run, fed with what the Tracker would
+    have logged."""
 
     def __init__(self, run_dir: Path, wrapped_config: bool = False) -> None:
         self.name = run_dir.name + "-wandb-name"

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 
-from analysis.study_report import README_END, README_START, replace_block
+from varnet_ds.analysis.study.markdown import README_END, README_START, replace_block
 from varnet_ds.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent

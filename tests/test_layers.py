@@ -1,13 +1,15 @@
 """The import layers of ``varnet_ds`` (docs/development.md, "Layout"), checked on the source with ``ast``.
 
-L0 leaves ``config files seeding distributed rendezvous system provenance console exits run_folder`` -> L1
-``model/ data/ sim/`` -> L2 ``eval/ tracking/ profiling/`` -> L3 ``trainer/ studies/`` -> L4 entry points. A module
-imports only from lower layers or from its own unit (its folder, or the L0 leaves among themselves); ``sim/`` may
-use ``data/`` (the augmentation preview) but ``data/`` never imports ``sim/``. Entry points may run each other
-(``demo`` runs ``evaluate``).
+L0 leaves ``config files seeding distributed rendezvous system provenance console exits run_folder study_folder``
+-> L1 ``model/ data/ sim/`` -> L2 ``eval/ tracking/ profiling/ analysis/`` -> L3 ``trainer/ studies/`` -> L4 entry
+points. A module imports only from lower layers or from its own unit (its folder, or the L0 leaves among
+themselves); ``sim/`` may use ``data/`` (the augmentation preview) but ``data/`` never imports ``sim/``. Entry points
+may run each other (``demo`` runs ``evaluate``). The statistics and reports (``analysis/``) read files: they import
+no torch or DeepSpeed, and of the package only the torch-free leaves :data:`ANALYSIS_MAY_IMPORT`.
 """
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,15 +18,18 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "varnet_ds"
 LAYERS = {
     0: {"config", "files", "seeding", "distributed", "rendezvous", "system", "provenance", "console", "exits",
-        "run_folder"},
+        "run_folder", "study_folder"},
     1: {"model", "data", "sim"},
-    2: {"eval", "tracking", "profiling"},
+    2: {"eval", "tracking", "profiling", "analysis"},
     3: {"trainer", "studies"},
     4: {"train", "evaluate", "bench", "demo", "study", "study_bench", "cli", "__main__"},
 }
 LAYER = {unit: level for level, units in LAYERS.items() for unit in units}
 SAME_LAYER_OK = {("sim", "data")}  # (importer, imported) across units of one layer, besides L0 and L4
 MODULES = sorted(p for p in PKG.rglob("*.py") if "__pycache__" not in p.parts)
+ANALYSIS = [p for p in MODULES if p.relative_to(PKG).parts[0] == "analysis"]
+ANALYSIS_MAY_IMPORT = {"analysis", "run_folder", "study_folder", "files", "exits"}  # torch-free (stdlib, PyYAML)
+HEAVY = {"torch", "deepspeed", "fastmri"}  # what statistics and reports never import
 
 
 def unit_of(path: Path) -> str:
@@ -75,6 +80,49 @@ def test_no_top_level_name_shadows_the_standard_library():
     """``python varnet_ds/train.py`` puts varnet_ds/ first on sys.path: a top-level ``io.py`` would shadow io."""
     clash = {unit_of(p) for p in MODULES} & set(sys.stdlib_module_names)
     assert not clash, clash
+
+
+def analysis_violations(path: Path):
+    """Imports of ``path`` (an ``analysis/`` module) that would load torch: a package unit outside
+    :data:`ANALYSIS_MAY_IMPORT` (``varnet_ds.provenance`` imports torch) or torch/DeepSpeed/fastMRI themselves."""
+    found = [f"{path}:{line}: imports varnet_ds.{unit}" for line, unit in imported_units(path)
+             if unit not in ANALYSIS_MAY_IMPORT]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+        found += [f"{path}:{node.lineno}: imports {n}" for n in names if n.split(".")[0] in HEAVY]
+    return found
+
+
+def test_analysis_imports_only_torch_free_modules():
+    found = [v for p in ANALYSIS for v in analysis_violations(p)]
+    assert ANALYSIS and not found, "\n".join(found)
+
+
+def test_analysis_rule_catches_torch_paths(tmp_path):
+    """The checker itself: the torch-importing ``varnet_ds.provenance`` and ``torch`` are reported, the study folder
+    format is not."""
+    fake = tmp_path / "mod.py"
+    fake.write_text("from varnet_ds import study_folder\ndef f():\n    from varnet_ds.provenance import collect\n"
+                    "    import torch.nn\n")
+    assert [v.split(": ", 1)[1] for v in analysis_violations(fake)] == ["imports varnet_ds.provenance",
+                                                                         "imports torch.nn"]
+
+
+def test_analysis_imports_no_torch():
+    """Importing every ``varnet_ds.analysis`` module (statistics, reports, W&B Report) in a fresh interpreter loads
+    no torch or DeepSpeed, and of the package only ``analysis`` and the leaves it may import (reconstructions come
+    from the runs' recon/*.h5 files)."""
+    names = sorted(".".join(p.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__")
+                   for p in ANALYSIS)
+    code = ("import importlib, sys\n" + "".join(f"importlib.import_module({n!r})\n" for n in names)
+            + "print(sorted({m.split('.')[0] if not m.startswith('varnet_ds.') else m.split('.')[1] "
+              "for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed', 'fastmri', 'varnet_ds') "
+              "and m != 'varnet_ds'}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PKG.parent, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = set(ast.literal_eval(proc.stdout.strip()))
+    assert "varnet_ds.analysis.study.page" in names and loaded <= ANALYSIS_MAY_IMPORT, loaded - ANALYSIS_MAY_IMPORT
 
 
 def is_version_assignment(node: ast.stmt) -> bool:

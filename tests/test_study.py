@@ -12,9 +12,14 @@ import pytest
 import yaml
 from trainrun import ROOT, TINY, env
 
+from varnet_ds.analysis.runs import CompareError
+from varnet_ds.analysis.study.load import load_study
+from varnet_ds.analysis.study.load import read_spec as load_study_spec
 from varnet_ds.config import load_config, save_config
 from varnet_ds.studies.launch import Slot
-from varnet_ds.study import StudySpec, main, merge_saved, plan_runs
+from varnet_ds.studies.runner import is_finished, merge_saved, plan_runs
+from varnet_ds.study import main
+from varnet_ds.study_folder import StudyFolderError, StudySpec, read_spec, write_spec
 
 
 def _common(synth_dirs):
@@ -77,15 +82,34 @@ def test_study_file_may_grow_but_not_change(tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(vars(_spec(overrides=["train.lr=0.001", "train.epochs=2"]))))
     grown = merge_saved(_spec(seeds=[3], arms={"low": ["data.volume_sample_rate=0.5"]},
-                              overrides=["train.lr=0.001", "train.epochs=4"]), path)
+                              overrides=["train.lr=0.001", "train.epochs=4"]), tmp_path)
     assert grown.seeds == [1, 2, 3] and list(grown.arms) == ["baseline", "mraugment", "low"]
     assert grown.overrides == ["train.lr=0.001", "train.epochs=4"]
     with pytest.raises(ValueError, match="arm mraugment"):
         merge_saved(_spec(arms={"mraugment": ["aug.enabled=true", "aug.p_max=0.3"]},
-                          overrides=["train.lr=0.001", "train.epochs=2"]), path)
+                          overrides=["train.lr=0.001", "train.epochs=2"]), tmp_path)
     with pytest.raises(ValueError, match="--set overrides"):
-        merge_saved(_spec(overrides=["train.lr=0.01", "train.epochs=2"]), path)
-    assert merge_saved(_spec(seeds=[], arms={}), path).seeds == [1, 2]  # `--name s` alone reruns the study
+        merge_saved(_spec(overrides=["train.lr=0.01", "train.epochs=2"]), tmp_path)
+    assert merge_saved(_spec(seeds=[], arms={}), tmp_path).seeds == [1, 2]  # `--name s` alone reruns the study
+
+
+def test_one_study_file_format_for_runner_and_analysis(tmp_path):
+    """study.yaml is written and checked by varnet_ds.study_folder: the runner and the analysis refuse the same
+    malformed file with the same message, and what the runner writes the analysis reads back unchanged."""
+    spec = _spec(device="test box")
+    write_spec(tmp_path, spec)
+    assert read_spec(tmp_path) == spec and load_study_spec(tmp_path) == spec
+    bad = {**vars(_spec()), "arms": {"baseline": ["run.seed=3"]}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(StudyFolderError) as runner_err:
+        merge_saved(_spec(), tmp_path)
+    with pytest.raises(CompareError) as analysis_err:
+        load_study(tmp_path)
+    assert str(runner_err.value) == str(analysis_err.value)
+    assert str(runner_err.value).startswith(f"{tmp_path / 'study.yaml'}: 'arms' baseline: run.seed is set by")
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({**vars(_spec()), "sedes": [1]}))
+    with pytest.raises(StudyFolderError, match=r"unknown key\(s\) \['sedes'\]"):
+        read_spec(tmp_path)
 
 
 def _study(tmp_path, synth_dirs, *extra):
@@ -174,7 +198,7 @@ def test_slurm_array_element_gets_its_run(tmp_path, capsys):
 
 
 def test_layout_benchmark_plain_loop_runs(synth_dirs):
-    from varnet_ds.study_bench import plain_loop
+    from varnet_ds.studies.bench import plain_loop
 
     assert plain_loop(synth_dirs["train"], steps=2, threads=1, warmup=1) > 0  # samples/s of the reference loop
 
@@ -271,7 +295,6 @@ def test_sigterm_to_the_runner_reaches_a_cpu_run(tmp_path, handler):
 
 def test_finished_is_the_marker_for_the_length_asked(tmp_path):
     from varnet_ds.run_folder import write_finished
-    from varnet_ds.study import is_finished
 
     spec = _spec(seeds=[1], overrides=["train.max_steps=3"])
     run = plan_runs(spec, tmp_path)[0]

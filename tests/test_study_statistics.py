@@ -1,22 +1,21 @@
-"""The study statistics on their own (analysis/study_stats.py): degenerate intervals, Wilcoxon p-values, a real
-hierarchical bootstrap, pairing by seed, volumes present in both arms and the breakdown groups."""
+"""The study statistics on their own (varnet_ds/analysis/stats.py and study/contrasts.py): degenerate intervals,
+Wilcoxon p-values, a real hierarchical bootstrap, pairing by seed, volumes present in both arms and the breakdown
+groups."""
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Callable, Dict, List
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from varnet_ds.analysis.runs import VolumeRow
+from varnet_ds.analysis.stats import hierarchical_ci, wilcoxon_p
+from varnet_ds.analysis.study.contrasts import contrast, delta_matrix
 
-from analysis.runs import VolumeRow  # noqa: E402
-from analysis.study_stats import contrast, delta_matrix, hierarchical_ci, wilcoxon_p  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _metrics(ssim: float) -> Dict[str, float]:

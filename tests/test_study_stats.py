@@ -1,4 +1,4 @@
-"""Tests of the multi-seed study report (analysis/study_stats.py, study_load.py, study_report.py, study.py).
+"""Tests of the multi-seed study report (varnet_ds/analysis/study/: contrasts, load, markdown, report).
 
 Study folders are faked in tmp_path in the layout of ``python -m varnet_ds.study``: ``study.yaml`` and per arm x
 seed a run folder with config.yaml, metrics.jsonl (start and end events), the four per-volume CSVs and
@@ -22,16 +22,14 @@ import pytest
 import scipy.stats
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from varnet_ds.analysis.compare.report import main as compare_main
+from varnet_ds.analysis.runs import CompareError
+from varnet_ds.analysis.study.load import load_study
+from varnet_ds.analysis.study.markdown import README_END, README_START
+from varnet_ds.analysis.study.report import build_study_report, main, update_readme
+from varnet_ds.run_folder import output_files, write_finished
 
-from analysis.compare import main as compare_main  # noqa: E402
-from analysis.runs import CompareError  # noqa: E402
-from analysis.study import build_study_report, main, update_readme  # noqa: E402
-from analysis.study_load import load_study  # noqa: E402
-from analysis.study_report import README_END, README_START  # noqa: E402
-from varnet_ds.run_folder import output_files, write_finished  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BRAIN_VOLS = [("file_brain_AXT1_0.h5", "AXT1"), ("file_brain_AXT1_1.h5", "AXT1"), ("file_brain_AXT2_2.h5", "AXT2"),
               ("file_brain_AXT2_3.h5", "AXT2"), ("file_brain_AXT2_4.h5", "AXT2")]

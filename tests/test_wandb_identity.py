@@ -2,7 +2,7 @@
 seed, never from the arm baked into the base YAML (issue 22 part 6: a study on ``baseline.yaml`` with the arm
 ``mraugment aug.enabled=true`` was tagged ``[knee2brain, baseline, seed-1, mraugment]``).
 
-In-process: the configs are built exactly as the study runner builds them (``varnet_ds.study.plan_runs``).
+In-process: the configs are built exactly as the study runner builds them (``varnet_ds.studies.runner.plan_runs``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from varnet_ds.config import CONF_DIR, ConfigError, load_config
-from varnet_ds.study import StudySpec, plan_runs
+from varnet_ds.studies.runner import plan_runs
+from varnet_ds.study_folder import StudySpec
 from varnet_ds.tracking.wandb_run import run_identity
 
 CONFS = sorted(CONF_DIR.glob("*.yaml"))

@@ -1,4 +1,5 @@
-"""analysis/wandb_report.py: the W&B Report of a study, built and checked with every network call failing."""
+"""varnet-ds wandb-report (varnet_ds/analysis/wandb_report/report.py): the W&B Report of a study, built and checked
+with every network call failing."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import requests
 import wandb
 from wandb_files import flushed_records, history_rows
 
-from analysis import wandb_report
+from varnet_ds.analysis.wandb_report import report as wandb_report
 from varnet_ds.config import load_config, save_config
+from varnet_ds.exits import EXIT_INTERNAL
 from varnet_ds.run_folder import output_files, write_finished
 from varnet_ds.tracking.tracker import Tracker
 
@@ -177,7 +179,7 @@ def test_without_study_json_uses_run_folders(study_root, no_network, tmp_path):
     spec = _dry_run(root, tmp_path / "r.json")
     text = json.dumps(spec["spec"]["blocks"], ensure_ascii=False)
     first = next(b["content"] for b in spec["spec"]["blocks"] if b["type"] == "markdown-block")
-    assert first == (f"No `{root / STUDY}/report/study.json` yet: run `python analysis/study.py {root / STUDY}` for "
+    assert first == (f"No `{root / STUDY}/report/study.json` yet: run `varnet-ds study-report {root / STUDY}` for "
                      "the study's contrasts.")
     assert "Method" not in [b["children"][0]["text"] for b in spec["spec"]["blocks"] if b["type"] == "heading"]
     # selected = the evaluation selected.json names (epoch 1), final = the last one; mean ± SD over 2 seeds
@@ -225,11 +227,15 @@ def test_online_without_login_or_synced_runs_exits_1(study_root, no_network, mon
     assert len(dirs) == 4 and err.strip().endswith("wandb sync " + " ".join(str(d) for d in dirs))
 
 
-def test_spec_json_is_written_atomically(tmp_path):
+def test_spec_json_is_written_atomically(study_root, no_network, tmp_path, monkeypatch):
+    """--dry-run writes through varnet_ds.files: a spec that fails to serialise leaves the old file, no temp file."""
+    root, _ = study_root
     out = tmp_path / "report.json"
     out.write_text('{"old": true}\n')
-    with pytest.raises(TypeError):
-        wandb_report.write_json_atomic(out, {"a": 1, "z": object()})  # fails after part of the JSON is written
+    monkeypatch.setattr(wandb_report, "report_spec", lambda report: {"a": 1, "z": object()})
+    assert wandb_report.main(["--entity", "e", "--project", "p", "--study", STUDY, "--runs-dir", str(root),
+                              "--dry-run", str(out)]) == EXIT_INTERNAL  # the TypeError: a bug, exit 70
     assert out.read_text() == '{"old": true}\n' and [p.name for p in tmp_path.iterdir()] == ["report.json"]
-    wandb_report.write_json_atomic(out, {"a": 1})
+    monkeypatch.setattr(wandb_report, "report_spec", lambda report: {"a": 1})
+    _dry_run(root, out)
     assert json.loads(out.read_text()) == {"a": 1}

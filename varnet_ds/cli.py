@@ -10,8 +10,8 @@ over unchanged (``key=value`` config overrides included), each command parses it
 imports neither torch nor any command. The modules stay runnable on their own (``python -m varnet_ds.study``,
 ``deepspeed --num_gpus 8 varnet_ds/train.py ...``, ``python analysis/compare.py``).
 
-``report``, ``study-report`` and ``wandb-report`` run ``analysis/``, which is not packaged yet: they work from a
-source checkout (``pip install -e .`` or ``make install``) and say so otherwise. A command whose optional
+``report``, ``study-report``, ``wandb-report`` and ``provenance`` are ``varnet_ds.analysis`` (packaged, torch-free);
+``analysis/*.py`` of a source checkout are thin scripts calling the same ``main``. A command whose optional
 dependency is missing names what to install (:data:`MISSING_HINTS`). An unknown command or option prints the usage
 and exits 2 (``varnet_ds.exits.EXIT_USAGE``).
 """
@@ -22,14 +22,12 @@ import difflib
 import importlib
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import varnet_ds
 from varnet_ds.exits import EXIT_USAGE, entry_point
 
 PROG = "varnet-ds"
-CHECKOUT = Path(__file__).resolve().parents[1]  # the repository root when running from a source checkout
 
 
 @dataclass(frozen=True)
@@ -39,12 +37,10 @@ class Command:
     Attributes:
         module: dotted module name holding ``main``.
         summary: one line for ``varnet-ds --help``.
-        checkout_only: the module lives in ``analysis/`` of a source checkout (not in the installed package).
     """
 
     module: str
     summary: str
-    checkout_only: bool = False
 
 
 COMMANDS: Dict[str, Command] = {
@@ -58,14 +54,14 @@ COMMANDS: Dict[str, Command] = {
     "anatomy": Command("varnet_ds.sim.anatomy", "fetch/check the brain anatomy file (pinned MNI152, sha256-verified)"),
     "bench": Command("varnet_ds.bench", "memory/speed benchmark: fastMRI reference vs the engine's policies"),
     "study-bench": Command("varnet_ds.study_bench", "throughput of the study runner's layout vs a plain loop"),
-    "report": Command("analysis.compare", "comparison report (report.html/.md) of run folders or a study folder",
-                      checkout_only=True),
-    "study-report": Command("analysis.study", "a study's statistics: study.json, per_volume.csv, study.md, figure",
-                            checkout_only=True),
-    "wandb-report": Command("analysis.wandb_report", "W&B Report of a study (--dry-run FILE: its spec, offline)",
-                            checkout_only=True),
-    "provenance": Command("analysis.provenance", "compare two studies or runs: same data? same environment?",
-                          checkout_only=True),
+    "report": Command("varnet_ds.analysis.compare.report",
+                      "comparison report (report.html/.md) of run folders or a study folder"),
+    "study-report": Command("varnet_ds.analysis.study.report",
+                            "a study's statistics: study.json, per_volume.csv, study.md, figure"),
+    "wandb-report": Command("varnet_ds.analysis.wandb_report.report",
+                            "W&B Report of a study (--dry-run FILE: its spec, offline)"),
+    "provenance": Command("varnet_ds.analysis.provenance_cli",
+                          "compare two studies or runs: same data? same environment?"),
 }
 
 # import name -> distribution of every [project] dependency (tests/test_cli.py holds this to pyproject.toml)
@@ -94,7 +90,7 @@ def usage() -> str:
              "varnet_ds: memory-optimized DeepSpeed ZeRO-2 training of fastMRI's End-to-End VarNet.", "",
              "commands (`varnet-ds COMMAND --help` for each one's options):"]
     for name, cmd in COMMANDS.items():
-        lines.append(f"  {name:<{width}}  {cmd.summary}{' [source checkout]' if cmd.checkout_only else ''}")
+        lines.append(f"  {name:<{width}}  {cmd.summary}")
     lines += ["  " + "help".ljust(width) + "  help COMMAND: the same as COMMAND --help", "",
               "options:", "  -h, --help  show this help and exit", "  --version   show the version and exit"]
     return "\n".join(lines)
@@ -105,15 +101,6 @@ def _usage_error(message: str) -> int:
     return EXIT_USAGE
 
 
-def _import_checkout_module(name: str, cmd: Command):
-    """Import ``analysis.*`` from the source checkout this package sits in; ``None`` when it is not one."""
-    if not (CHECKOUT / "analysis" / "__init__.py").is_file():
-        return None
-    if str(CHECKOUT) not in sys.path:
-        sys.path.insert(0, str(CHECKOUT))
-    return importlib.import_module(cmd.module)
-
-
 def run_command(name: str, args: List[str]) -> int:
     """Import command ``name``'s module and return ``main(args)``'s exit status.
 
@@ -122,21 +109,12 @@ def run_command(name: str, args: List[str]) -> int:
         args: the command's own arguments, unchanged.
 
     Returns:
-        the command's exit status (``None`` from ``main`` counts as 0); 2 when a package it needs is missing or a
-        checkout-only command runs from an installed package.
+        the command's exit status (``None`` from ``main`` counts as 0); 2 when a package it needs is missing.
     """
     cmd = COMMANDS[name]
     argv0, sys.argv[0] = sys.argv[0], f"{PROG} {name}"  # argparse's default prog: "usage: varnet-ds train ..."
     try:
-        if cmd.checkout_only:
-            module = _import_checkout_module(name, cmd)
-            if module is None:
-                print(f"{PROG} {name}: needs the analysis/ folder of a source checkout (not packaged yet; "
-                      f"{CHECKOUT} has none). Run it from a clone: `pip install -e .` there, then `{PROG} {name}`, "
-                      f"or `python {cmd.module.replace('.', '/')}.py` in the clone.", file=sys.stderr)
-                return EXIT_USAGE
-        else:
-            module = importlib.import_module(cmd.module)
+        module = importlib.import_module(cmd.module)
         status = module.main(args)
     except ModuleNotFoundError as err:
         top = (err.name or "").split(".")[0]

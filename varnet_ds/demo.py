@@ -7,10 +7,10 @@
 2. run the study (``python -m varnet_ds.study``): baseline and MRAugment, identical except for ``aug.enabled``,
    seeds 1, 2, 3, each run with ``varnet_ds/conf/demo.yaml`` into ``runs/demo/<arm>-s<seed>``; on a CPU box 1-rank
    runs side by side (one plain ``train.py`` process per core), on a GPU node one run per GPU side by side (the
-   DeepSpeed launcher); then ``analysis/study.py`` writes ``runs/demo/report/study.json``, ``per_volume.csv`` and
-   the seed figure;
+   DeepSpeed launcher); then the study statistics (``varnet-ds study-report``) write
+   ``runs/demo/report/study.json``, ``per_volume.csv`` and the seed figure;
 3. reconstruct the brain set with seed 1 of each arm (``varnet_ds.evaluate``) for the report's panels;
-4. write the comparison report (``analysis/compare.py runs/demo``) and the W&B Report spec (dry run) into
+4. write the comparison report (``varnet-ds report runs/demo``) and the W&B Report spec (dry run) into
    ``runs/demo/report``.
 
 Rerunning resumes or skips finished steps; ``--fresh`` starts over. ``make results`` then writes the README's
@@ -32,6 +32,7 @@ from typing import List, Optional
 
 import torch
 
+from varnet_ds.console import say
 from varnet_ds.exits import EXIT_USAGE, entry_point
 from varnet_ds.files import atomic_write_text
 from varnet_ds.sim import manifest as data_manifest
@@ -61,10 +62,6 @@ NOTE = ("Demo data: the knees are procedural phantoms (not patient data) and the
 FRESH_COMMAND = "python -m varnet_ds.demo --fresh"
 WRITE_COMMAND = "python -m varnet_ds.demo --write-manifest"
 STUDY_DATA = "demo_data.json"  # in runs/<study>: the data (manifest.data_sha256) its runs were trained on
-
-
-def say(msg: str) -> None:
-    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def load_manifest(path: Path = data_manifest.DEMO_MANIFEST) -> dict:
@@ -214,12 +211,12 @@ def report(name: str) -> Path:
     """The comparison report of the study folder and the W&B Report spec (no network), in runs/demo/report."""
     out = RUNS / name / "report"
     py = sys.executable
-    code = subprocess.run([py, str(ROOT / "analysis" / "compare.py"), str(RUNS / name), "--out", str(out), "--note",
-                           NOTE], cwd=ROOT, stdout=subprocess.DEVNULL).returncode
+    code = subprocess.run([py, "-m", "varnet_ds.analysis.compare.report", str(RUNS / name), "--out", str(out),
+                           "--note", NOTE], cwd=ROOT, stdout=subprocess.DEVNULL).returncode
     if code:
-        _stop(f"demo: the report of {RUNS / name} failed ({code}); rerun: python analysis/compare.py {RUNS / name}",
+        _stop(f"demo: the report of {RUNS / name} failed ({code}); rerun: varnet-ds report {RUNS / name} --out {out}",
               code)
-    wandb = subprocess.run([py, str(ROOT / "analysis" / "wandb_report.py"), "--entity", "varnet-ds", "--project",
+    wandb = subprocess.run([py, "-m", "varnet_ds.analysis.wandb_report.report", "--entity", "varnet-ds", "--project",
                             "varnet_ds", "--study", name, "--runs-dir", str(RUNS), "--dry-run",
                             str(out / "wandb_report.json")], cwd=ROOT)
     if wandb.returncode != 0:

@@ -4,6 +4,9 @@ Usage:
     with atomic_path(run_dir / "model_selected.pt") as tmp:
         torch.save(payload, tmp)
     atomic_write_text(run_dir / "selected.json", json.dumps(meta))
+    atomic_write_csv(out / "per_volume.csv", ["fname", "ssim"], rows)
+
+Every file the package writes (training outputs, the reports of ``varnet_ds.analysis``) goes through here.
 
 The temporary file lives in the destination's folder (same file system, so the final ``os.replace`` is atomic),
 is fsynced before the rename and removed if the write fails.
@@ -12,11 +15,12 @@ is fsynced before the rename and removed if the write fails.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Union
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 PathLike = Union[str, Path]
 
@@ -65,3 +69,11 @@ def strict_json(value: Any) -> Any:
 def atomic_write_json(path: PathLike, data: Any) -> None:
     """Write ``data`` as strict, indented JSON atomically (NaN/inf are written as ``null``)."""
     atomic_write_text(path, json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")
+
+
+def atomic_write_csv(path: PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV file atomically: ``header``, then one line per row (``csv`` module quoting, ``str`` of values)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -1,5 +1,5 @@
 """Provenance of a run: which code, environment and data produced it (the ``provenance`` block of the ``start``
-event, copied into ``study.json`` by ``analysis/study.py`` and compared by ``analysis/provenance.py``).
+event, copied into ``study.json`` by ``varnet_ds.analysis.study.report`` and compared by ``varnet-ds provenance``).
 
 The block (JSON)::
 

@@ -17,7 +17,7 @@ evaluation, checkpoint, fp32 export, selection, per-volume tables, ``end`` event
 length it finished (``train.epochs`` / ``train.max_steps``) and the files it vouches for. A run killed anywhere
 before it has no marker and is completed by rerunning the same command (from its last checkpoint, without
 retraining what the checkpoint holds). A run that is extended (a larger ``train.epochs`` / ``train.max_steps``)
-loses its marker when the training restarts. The study runner, the study statistics (``analysis/``) and the W&B
+loses its marker when the training restarts. The study runner, the study statistics (``varnet_ds.analysis``) and the W&B
 report all read this module; it imports only the standard library and ``varnet_ds.files``, so reports stay free
 of torch.
 """

@@ -2,153 +2,33 @@
 
     python -m varnet_ds.study_bench [--steps 150] [--data runs/demo-data]
 
-Measured side by side in one invocation, on the demo data and the demo model (``varnet_ds/conf/demo.yaml``):
-
-- ``plain``: one process, fastMRI's ``VarNet`` + ``SliceDataset`` + ``VarNetDataTransform`` + ``SSIMLoss`` + Adam,
-  batch 1, no DeepSpeed, no evaluation, with 1 and with 2 threads;
-- ``study``: the layout ``python -m varnet_ds.study`` uses on a CPU box: one 1-rank DeepSpeed run per core side by
-  side (``OMP_NUM_THREADS=1`` each), throughput summed over the runs;
-- ``2-rank``: one DeepSpeed ZeRO-2 run of 2 CPU ranks (the demo's layout before the study runner).
-
-DeepSpeed rows are the mean ``samples_per_s`` of the runs' own ``metrics.jsonl`` train rows after a warm-up (the
-evaluation at the end of a run is excluded). Ratios are against the plain 1-thread loop measured in the same run.
-A benchmark, not a test: numbers depend on the machine; the table says which.
+What is measured and how: ``varnet_ds.studies.bench`` (this module is its command line). A benchmark, not a
+test: numbers depend on the machine; the table says which.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import List, Optional
 
-from varnet_ds.exits import entry_point
-
-ROOT = Path(__file__).resolve().parent.parent
-WARMUP = 10
-
-
-def plain_loop(data: Path, steps: int, threads: int, warmup: int = WARMUP) -> float:
-    """Samples/s of a plain 1-process fastMRI VarNet training loop at the demo size (after ``warmup`` steps)."""
-    import torch
-    from fastmri.data import SliceDataset
-    from fastmri.data.subsample import create_mask_for_mask_type
-    from fastmri.data.transforms import VarNetDataTransform
-    from fastmri.losses import SSIMLoss
-    from fastmri.models import VarNet
-
-    from varnet_ds.config import load_config
-    from varnet_ds.seeding import derive_seed
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(derive_seed("benchmark", 2))
-    cfg = load_config("demo")
-    m = cfg.model
-    model = VarNet(num_cascades=m.num_cascades, chans=m.chans, pools=m.pools, sens_chans=m.sens_chans,
-                   sens_pools=m.sens_pools)
-    mask = create_mask_for_mask_type("random", list(cfg.data.center_fractions), list(cfg.data.accelerations))
-    dataset = SliceDataset(data, challenge="multicoil", transform=VarNetDataTransform(mask_func=mask))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=True, num_workers=0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    loss_fn = SSIMLoss()
-    done, t0 = 0, 0.0
-    while done < steps + warmup:
-        for batch in loader:
-            if done == warmup:
-                t0 = time.perf_counter()
-            output = model(batch.masked_kspace, batch.mask, batch.num_low_frequencies)
-            target, output = _crop(batch.target, output)
-            loss = loss_fn(output.unsqueeze(1), target.unsqueeze(1), data_range=batch.max_value)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            done += 1
-            if done >= steps + warmup:
-                break
-    return steps / (time.perf_counter() - t0)
-
-
-def _crop(target, output):
-    from fastmri.data.transforms import center_crop_to_smallest
-
-    return center_crop_to_smallest(target, output)
-
-
-def _plain_subprocess(data: Path, steps: int, threads: int) -> float:
-    code = (f"from varnet_ds.study_bench import plain_loop; from pathlib import Path; "
-            f"print(plain_loop(Path({str(data)!r}), {steps}, {threads}))")
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
-def _train_cmd(launcher: List[str], data: Path, out: Path, steps: int) -> List[str]:
-    return [*launcher, str(ROOT / "varnet_ds" / "train.py"), "--ds_config", str(ROOT / "ds_configs" / "zero2.json"),
-            "--config", "demo", f"data.train_path={data}", f"run.out_dir={out}", "data.val_path=null",
-            "data.transfer_path=null", f"train.max_steps={steps + WARMUP}", "log.progress=false",
-            "log.wandb.mode=disabled", "eval.every_epochs=1000", "train.checkpoint_every_steps=100000"]
-
-
-def _rate(run_dir: Path) -> float:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    rates = [r["samples_per_s"] for r in rows if r["split"] == "train" and r["step"] > WARMUP]
-    return sum(rates) / len(rates)
-
-
-def deepspeed_runs(data: Path, steps: int, runs: int, ranks: int) -> float:
-    """Summed train samples/s of ``runs`` DeepSpeed runs of ``ranks`` CPU ranks each, started side by side."""
-    from varnet_ds.studies.launch import Slot
-    from varnet_ds.studies.ports import PortPool
-
-    threads = max((os.cpu_count() or 1) // (runs * ranks), 1)
-    ports = PortPool()  # one --master_port per live run, none handed out twice
-    with tempfile.TemporaryDirectory(prefix="study_bench_") as tmp, contextlib.closing(ports):
-        procs, outs = [], []
-        for i in range(runs):
-            slot = Slot(None, ranks, threads)
-            out = Path(tmp) / f"run{i}"
-            outs.append(out)
-            launcher = slot.launcher(None if slot.direct else ports.acquire())
-            procs.append(subprocess.Popen(_train_cmd(launcher, data, out, steps), cwd=ROOT, env=slot.env(),
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        for proc in procs:
-            _, err = proc.communicate()
-            if proc.returncode != 0:
-                raise RuntimeError(f"benchmark run failed (exit {proc.returncode}):\n{err[-2000:]}")
-        return sum(_rate(out) for out in outs)
+from varnet_ds.exits import EXIT_USAGE, entry_point
+from varnet_ds.studies import bench
 
 
 @entry_point
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m varnet_ds.study_bench", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=150, help="timed steps per measurement (after 10 warm-up steps)")
-    p.add_argument("--data", type=Path, default=ROOT / "runs" / "demo-data",
+    p.add_argument("--data", type=Path, default=bench.ROOT / "runs" / "demo-data",
                    help="demo data folder (make demo writes it)")
     args = p.parse_args(argv)
     data = args.data / "knee_train"
     if not data.is_dir():
         print(f"study_bench: error: no knee training data in {data} (run make demo first)", file=sys.stderr)
-        return 2
-    from varnet_ds.studies.launch import _cpu_name
-
-    cores = os.cpu_count() or 1
-    rows = [("plain fastMRI loop, 1 process, 1 thread", _plain_subprocess(data, args.steps, 1))]
-    rows.append(("plain fastMRI loop, 1 process, 2 threads", _plain_subprocess(data, args.steps, 2)))
-    rows.append((f"study layout: {cores} x 1-rank DeepSpeed runs side by side", deepspeed_runs(data, args.steps,
-                                                                                              cores, 1)))
-    rows.append(("one 2-rank DeepSpeed ZeRO-2 run", deepspeed_runs(data, args.steps, 1, 2)))
-    base = rows[0][1]
-    print(f"demo training throughput, {_cpu_name()} ({cores} cores), {time.strftime('%Y-%m-%d')}, "
-          f"{args.steps} timed steps each")
-    print(f"{'layout':58s} {'samples/s':>10s} {'vs plain 1 thread':>18s}")
-    for name, rate in rows:
-        print(f"{name:58s} {rate:10.2f} {rate / base:17.2f}x")
+        return EXIT_USAGE
+    print(bench.format_table(bench.measure(data, args.steps), args.steps))
     return 0
 
 

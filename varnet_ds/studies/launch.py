@@ -72,7 +72,7 @@ class Slot:
 
             name = torch.cuda.get_device_name(self.gpus[0])
             return f"{count} x {len(self.gpus)} GPU(s) ({name}, {torch.cuda.device_count()} in all)"
-        return (f"{_cpu_name()} ({os.cpu_count()} cores): {count} run(s) side by side, {self.ranks} rank(s) x "
+        return (f"{cpu_name()} ({os.cpu_count()} cores): {count} run(s) side by side, {self.ranks} rank(s) x "
                 f"{self.threads} thread(s) each")
 
 
@@ -226,7 +226,8 @@ def _tail(path: Path, lines: int = 15) -> str:
         return f"(no log at {path})"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``), else what :mod:`platform` knows: the machine in study and bench tables."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -4,7 +4,7 @@ flushed per row; the first ``n`` rows are what a checkpoint recorded, so a resum
 Each row has ``step`` (global optimizer step), ``epoch``, ``split`` (``train | val_knee | val_brain | event``),
 ``time`` (unix seconds, added if absent) and metric keys; evaluation breakdown rows also carry ``acquisition`` and/or
 ``acceleration`` (see :func:`varnet_ds.eval.metrics.summarize`). Non-finite floats are written as ``null``.
-``analysis/runs.py`` reads the file with its own parser (analysis never imports the package).
+``varnet_ds/analysis/runs.py`` reads the file with its own parser (the analysis never imports the training code).
 """
 
 from __future__ import annotations

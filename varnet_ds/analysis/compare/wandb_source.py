@@ -1,4 +1,4 @@
-"""Runs from the W&B public API, converted to the ``metrics.jsonl`` row format of :mod:`analysis.runs`.
+"""Runs from the W&B public API, converted to the ``metrics.jsonl`` row format of :mod:`varnet_ds.analysis.runs`.
 
 W&B keys (written by ``varnet_ds.tracking``) are ``{split}[/{acquisition}][/x{acceleration}]/{metric}``, e.g.
 ``train/loss``, ``val_brain/ssim``, ``val_brain/AXT2/x4/ssim``, and every row carries ``trainer/step`` and
@@ -17,14 +17,23 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from analysis.runs import SPLITS, VAL_SPLITS, CompareError, Run, VolumeRow, cfg_get, normalise_rows, volume_rows
+from varnet_ds.analysis.runs import (
+    SPLITS,
+    VAL_SPLITS,
+    CompareError,
+    Run,
+    VolumeRow,
+    cfg_get,
+    normalise_rows,
+    volume_rows,
+)
 
 STEP_KEY = "trainer/step"
 EPOCH_KEY = "trainer/epoch"
 
 
 def history_to_rows(history: Iterable[Mapping[str, Any]], source: str) -> List[Tuple[str, Dict[str, Any]]]:
-    """W&B history rows -> raw ``(location, row)`` pairs for :func:`analysis.runs.normalise_rows`.
+    """W&B history rows -> raw ``(location, row)`` pairs for :func:`varnet_ds.analysis.runs.normalise_rows`.
 
     One W&B row may hold several ``{split}[/acq][/xN]`` groups; each group becomes one row. Rows without
     ``trainer/step`` are skipped (they were not written by our tracker).

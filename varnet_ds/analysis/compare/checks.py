@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import List, Sequence
 
-from analysis.runs import VAL_SPLITS, Run, cfg_get
+from varnet_ds.analysis.runs import VAL_SPLITS, Run, cfg_get, flatten
 
 # Config sections expected to differ between the arms of the study (names, output folders, W&B, augmentation).
 IGNORED_CONFIG_PREFIXES = ("run.name", "run.out_dir", "log.", "aug.", "train.resume", "train.init_weights")
 PROBLEM_EVENTS = ("nonfinite_loss_skipped", "skipped_bad_files")
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """Nested dicts -> ``{"a.b": value}``."""
-    out: Dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def last_epoch(run: Run) -> int:

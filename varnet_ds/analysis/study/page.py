@@ -1,7 +1,8 @@
 """``report.md`` / ``report.html`` of a study folder: the study's answer first, then what it rests on.
 
-``analysis/compare.py runs/<study> --out DIR`` (what ``make demo`` runs) calls :func:`build_study_page`: it writes
-the study outputs (``study.json``, ``per_volume.csv``, ``study_seeds.png``, ``study.md``; :mod:`analysis.study`),
+``varnet-ds report runs/<study> --out DIR`` (what ``make demo`` runs) calls :func:`build_study_page`: it writes
+the study outputs (``study.json``, ``per_volume.csv``, ``study_seeds.png``, ``study.md``;
+:mod:`varnet_ds.analysis.study.report`),
 then a report that leads with each arm's primary contrast (brain SSIM, selected checkpoint) in words, taken from
 ``study.json``, and shows the per-volume paired differences, the acquisition x acceleration breakdown, per-arm
 curves as mean ± sd over seeds, one fixed brain slice reconstructed by each arm with its error map, the epoch each
@@ -17,15 +18,17 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from analysis.recon import Panels, h5_panels, image_panels, recon_files
-from analysis.report_doc import Block, Bullets, Document, Figure, Heading, Para, render_html, render_markdown
-from analysis.runs import CompareError
-from analysis.study import FIGURE as SEEDS_FIGURE
-from analysis.study import OUTPUT_FILES, build_study_report
-from analysis.study_load import Study, load_study
-from analysis.study_plots import plot_train_loss, plot_val_curves, plot_volume_deltas
-from analysis.study_report import other_arms
-from analysis.study_sections import (
+from varnet_ds.analysis.recon import Panels, h5_panels, image_panels, recon_files
+from varnet_ds.analysis.report_doc import Block, Bullets, Document, Figure, Heading, Para, render_html, render_markdown
+from varnet_ds.analysis.runs import CompareError
+from varnet_ds.analysis.stats import BOOTSTRAP_SEED, N_RESAMPLES
+from varnet_ds.analysis.study.contrasts import delta_matrix
+from varnet_ds.analysis.study.load import Study, load_study
+from varnet_ds.analysis.study.markdown import other_arms
+from varnet_ds.analysis.study.plots import plot_train_loss, plot_val_curves, plot_volume_deltas
+from varnet_ds.analysis.study.report import FIGURE as SEEDS_FIGURE
+from varnet_ds.analysis.study.report import OUTPUT_FILES, build_study_report
+from varnet_ds.analysis.study.sections import (
     arms_table,
     breakdown_table,
     contrasts_table,
@@ -35,7 +38,7 @@ from analysis.study_sections import (
     provenance_blocks,
     selection_blocks,
 )
-from analysis.study_stats import BOOTSTRAP_SEED, N_RESAMPLES, delta_matrix
+from varnet_ds.files import atomic_write_text
 
 FIGURES = {
     "volumes": "study_volumes.png",
@@ -65,7 +68,7 @@ def volume_figure(summary: Mapping[str, Any], study: Study, arm: str, path: Path
         mean = rec.get("mean")
         if mean is None or not math.isclose(float(delta.mean()), float(mean), rel_tol=0, abs_tol=CONSISTENCY_TOL):
             raise CompareError(f"{study.folder}: study.json's brain {metric} mean for {arm} ({mean}) differs from "
-                               f"the run folders' ({float(delta.mean())}); rebuild it with analysis/study.py")
+                               f"the run folders' ({float(delta.mean())}); rebuild it with varnet-ds study-report")
         panels.append((metric.upper() + (" (dB)" if metric == "psnr" else ""), delta, fnames, acq_of, rec))
     return plot_volume_deltas(panels, path, f"{arm} − {study.reference} per brain volume ({ckpt} checkpoints)")
 
@@ -189,13 +192,6 @@ def build_study_page(study_dir: Path | str, out_dir: Path | str, note: Optional[
     notes: List[str] = [n for r in study.ordered_runs() for n in r.run.notes]
     doc = build_document(summary, study, out, note, smooth, notes)
     md_path = out / "report.md"
-    _write(md_path, render_markdown(doc))
-    _write(out / "report.html", render_html(doc, out))
+    atomic_write_text(md_path, render_markdown(doc))
+    atomic_write_text(out / "report.html", render_html(doc, out))
     return md_path
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-

@@ -4,7 +4,6 @@ per-volume scatter. Uses matplotlib's object API (no pyplot state), so it is saf
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -13,8 +12,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.runs import VAL_SPLITS, Run, VolumeRow
-from analysis.stats import last_row_per_epoch
+from varnet_ds.analysis.runs import VAL_SPLITS, Run, VolumeRow, last_row_per_epoch
+from varnet_ds.files import atomic_path
 
 SPLIT_TITLES = {"val_knee": "knee (validation)", "val_brain": "brain (transfer)"}
 DPI = 100
@@ -36,9 +35,8 @@ def new_figure(ncols: int, width: float = 5.2, height: float = 3.6, nrows: int =
 def save_figure(fig: Figure, path: Path) -> Path:
     """Write a PNG atomically (deterministic: no timestamp metadata)."""
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
     return path
 
 

@@ -1,7 +1,7 @@
 """Figures of a study report: per-arm curves (mean ± sd over seeds) and the per-volume paired differences.
 
-Inputs are loaded runs (:class:`analysis.study_load.Study`) and the seed x volume difference matrix of
-:func:`analysis.study_stats.delta_matrix` (the one the contrasts are computed from). matplotlib object API only.
+Inputs are loaded runs (:class:`varnet_ds.analysis.study.load.Study`) and the seed x volume difference matrix of
+:func:`varnet_ds.analysis.stats.delta_matrix` (the one the contrasts are computed from). matplotlib object API only.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from analysis.plots import ema, empty_axes, integer_x, new_figure, run_color, save_figure
-from analysis.runs import Run
-from analysis.stats import last_row_per_epoch
-from analysis.study_load import Study, selected_epoch
+from varnet_ds.analysis.plots import ema, empty_axes, integer_x, new_figure, run_color, save_figure
+from varnet_ds.analysis.runs import Run, last_row_per_epoch
+from varnet_ds.analysis.study.load import Study, selected_epoch
 
 VAL_PANELS = (("val_knee", "ssim", "knee validation SSIM"), ("val_brain", "ssim", "brain SSIM"),
               ("val_brain", "psnr", "brain PSNR (dB)"))
@@ -53,7 +52,8 @@ def val_series(run: Run, split: str, metric: str) -> Dict[float, float]:
 
 
 def loss_series(run: Run, smooth: float) -> Tuple[Dict[float, float], Dict[float, float]]:
-    """``(raw, smoothed)`` training loss per optimizer step; smoothed = :func:`analysis.plots.ema` of the run."""
+    """``(raw, smoothed)`` training loss per optimizer step; smoothed = :func:`varnet_ds.analysis.plots.ema` of the
+    run."""
     pts = sorted((float(r["step"]), float(r["loss"])) for r in run.train_rows() if math.isfinite(r.get("loss",
                                                                                                           math.nan)))
     if not pts:

@@ -13,8 +13,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from analysis.plots import new_figure, save_figure
-from analysis.runs import Run, cfg_get
+from varnet_ds.analysis.plots import new_figure, save_figure
+from varnet_ds.analysis.runs import Run, cfg_get
 
 TARGET_KEYS = ("reconstruction_rss", "reconstruction_esc")
 

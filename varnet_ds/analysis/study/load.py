@@ -9,32 +9,28 @@ Layout::
         val_{knee,brain}_per_volume_selected.csv   (selected weights: best knee val SSIM)
         selected.json                              ({"step", "epoch", "criterion", "value"})
 
-A run is finished when its ``FINISHED`` marker says so (``varnet_ds.run_folder``, the one definition the study
-runner and the W&B report read too); a study also needs its four CSVs. Reads files only; from the package it
-imports only the torch-free ``varnet_ds.run_folder``.
+The format is defined once, outside the analysis: ``study.yaml`` and the run folder of (arm, seed) by
+``varnet_ds.study_folder`` (read and checked there, the same checks the runner applies), a finished run and its file
+names by ``varnet_ds.run_folder``; run folders are loaded by :func:`varnet_ds.analysis.runs.load_run`. A study also
+needs its four per-volume CSVs. :func:`load_study` is the complete study of the statistics and reports;
+:func:`finished_runs` the finished run folders of a study that may be incomplete (the W&B report). Reads files
+only; of the package it imports only the torch-free ``varnet_ds.run_folder`` and ``varnet_ds.study_folder``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import yaml
-
-from analysis.checks import flatten
-from analysis.provenance import check_data_identity
-from analysis.runs import CompareError, Run, VolumeRow, load_run, read_per_volume
-from varnet_ds import run_folder
+from varnet_ds import run_folder, study_folder
+from varnet_ds.analysis.provenance import check_data_identity
+from varnet_ds.analysis.runs import CompareError, Run, VolumeRow, cfg_get, flatten, load_run, read_per_volume
 from varnet_ds.run_folder import CHECKPOINT_KINDS as CHECKPOINTS
-from varnet_ds.run_folder import run_name as run_folder_name
-from varnet_ds.run_folder import table_name
+from varnet_ds.run_folder import SELECTED, run_name, table_name
 
 STUDY_SPLITS = ("val_brain", "val_knee")
-# Config keys allowed to differ between the runs of a study (besides each arm's override keys).
-RUN_KEYS = ("run.seed", "run.name", "run.arm", "run.out_dir", "run.resume")
-RUN_PREFIXES = ("log",)
 
 
 @dataclass
@@ -43,14 +39,16 @@ class StudyRun:
 
     Attributes:
         arm: arm name (a key of ``study.yaml``'s ``arms``).
-        seed: training seed; runs of different arms with the same seed start from the same weights.
+        seed: training seed; runs of different arms with the same seed start from the same weights (``None``
+            only from :func:`finished_runs`, for a run whose config names no seed).
         run: the loaded run (label ``<arm>-s<seed>``).
-        tables: ``(checkpoint, split)`` -> per-volume rows.
+        tables: ``(checkpoint, split)`` -> per-volume rows (all four in a study of :func:`load_study`; those
+            present from :func:`finished_runs`).
         selected: contents of ``selected.json`` (empty when the file is absent).
     """
 
     arm: str
-    seed: int
+    seed: Optional[int]
     run: Run
     tables: Dict[Tuple[str, str], List[VolumeRow]]
     selected: Dict[str, Any] = field(default_factory=dict)
@@ -58,7 +56,7 @@ class StudyRun:
     @property
     def name(self) -> str:
         """Folder name ``<arm>-s<seed>``."""
-        return run_folder_name(self.arm, self.seed)
+        return run_name(self.arm, self.seed)
 
 
 @dataclass
@@ -73,7 +71,7 @@ class Study:
         seeds: seeds in ascending order.
         runs: ``(arm, seed)`` -> run.
         device: the machine (``study.yaml``'s ``device``, else the first run's start event, else ``unknown``).
-        spec: the raw ``study.yaml`` mapping.
+        spec: ``study.yaml`` as checked by ``varnet_ds.study_folder`` (its fields as a mapping).
     """
 
     name: str
@@ -98,58 +96,38 @@ class Study:
         return {seed: self.runs[(arm, seed)].tables[(checkpoint, split)] for seed in self.seeds}
 
 
-def is_study(folder: Path | str) -> bool:
-    """True when ``folder`` holds a ``study.yaml``."""
-    return (Path(folder) / "study.yaml").is_file()
-
-
-def override_key(override: str) -> str:
-    """Config key of a dotlist override (``"+aug.p=0.5"`` -> ``"aug.p"``)."""
-    return override.split("=", 1)[0].strip().lstrip("+~")
-
-
-def read_spec(folder: Path) -> Dict[str, Any]:
-    """Read and validate ``study.yaml``.
+def read_spec(folder: Path) -> study_folder.StudySpec:
+    """``study.yaml`` of ``folder``, read and checked by ``varnet_ds.study_folder.read_spec``.
 
     Raises:
-        CompareError: the file is missing or malformed; the message names the folder or file.
+        CompareError: the folder or file is missing or malformed; the message names it, the key and the value.
     """
-    path = folder / "study.yaml"
-    if not folder.is_dir():
-        raise CompareError(f"study folder not found: {folder}")
-    if not path.is_file():
-        raise CompareError(f"{folder} is not a study folder: no study.yaml in it")
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise CompareError(f"{path}: invalid YAML ({err})") from None
-    if not isinstance(spec, dict):
-        raise CompareError(f"{path}: expected a mapping at the top level")
-    seeds = spec.get("seeds")
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-        raise CompareError(f"{path}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise CompareError(f"{path}: 'seeds' has duplicates: {seeds}")
-    arms = spec.get("arms")
-    if not isinstance(arms, dict) or not arms:
-        raise CompareError(f"{path}: 'arms' must be a non-empty mapping ARM: [overrides], got {arms!r}")
-    for arm, overrides in arms.items():
-        if overrides is not None and (not isinstance(overrides, list)
-                                      or not all(isinstance(o, str) for o in overrides)):
-            raise CompareError(f"{path}: arm {arm!r}: overrides must be a list of strings, got {overrides!r}")
-    reference = spec.get("reference", next(iter(arms)))
-    if reference not in arms:
-        raise CompareError(f"{path}: reference arm {reference!r} is not one of the arms {list(arms)}")
-    return spec
+        return study_folder.read_spec(folder)
+    except study_folder.StudyFolderError as err:
+        raise CompareError(str(err)) from None
 
 
-def _load_study_run(folder: Path, arm: str, seed: int) -> StudyRun:
-    run = load_run(folder, label=run_folder_name(arm, seed))
+def load_study_run(folder: Path, arm: Optional[str] = None, seed: Optional[int] = None) -> StudyRun:
+    """One run folder of a study with its per-volume tables (those present) and ``selected.json``.
+
+    Args:
+        folder: the run folder.
+        arm: its arm; ``None``: the config's ``run.arm``, else ``log.wandb.job_type``, else the folder name.
+        seed: its seed; ``None``: the config's ``run.seed``.
+
+    Raises:
+        CompareError: a malformed file (named).
+    """
+    run = load_run(folder, label=run_name(arm, seed) if arm is not None else None)
+    if arm is None:
+        arm = str(cfg_get(run.config, "run.arm") or cfg_get(run.config, "log.wandb.job_type") or folder.name)
+        configured = cfg_get(run.config, "run.seed")
+        seed = configured if isinstance(configured, int) and not isinstance(configured, bool) else None
     tables = {(ckpt, split): read_per_volume(folder / table_name(split, ckpt))
-              for ckpt in CHECKPOINTS for split in STUDY_SPLITS}
+              for ckpt in CHECKPOINTS for split in STUDY_SPLITS if (folder / table_name(split, ckpt)).is_file()}
     selected: Dict[str, Any] = {}
-    sel_path = folder / "selected.json"
+    sel_path = folder / SELECTED
     if sel_path.is_file():
         try:
             selected = json.loads(sel_path.read_text(encoding="utf-8"))
@@ -179,16 +157,11 @@ def check_configs(runs: Sequence[StudyRun], arms: Mapping[str, Sequence[str]], w
     Raises:
         CompareError: naming each differing key with its value per run.
     """
-    allowed = {override_key(o) for overrides in arms.values() for o in overrides or []}
-
-    def ignored(key: str) -> bool:
-        if key in RUN_KEYS or any(key == p or key.startswith(p + ".") for p in RUN_PREFIXES):
-            return True
-        return any(key == a or key.startswith(a + ".") for a in allowed)
-
+    allowed = sorted({study_folder.override_key(o) for overrides in arms.values() for o in overrides or []})
     flat = [flatten(r.run.config) for r in runs]
     keys = sorted(set().union(*flat))
-    differing = [k for k in keys if not ignored(k) and len({repr(f.get(k, "<unset>")) for f in flat}) > 1]
+    differing = [k for k in keys
+                 if not study_folder.may_differ(k, allowed) and len({repr(f.get(k, "<unset>")) for f in flat}) > 1]
     if not differing:
         return
     parts = []
@@ -199,12 +172,12 @@ def check_configs(runs: Sequence[StudyRun], arms: Mapping[str, Sequence[str]], w
         parts.append(f"{key} (" + "; ".join(f"{v} in {', '.join(names)}" for v, names in groups.items()) + ")")
     more = f" and {len(differing) - 12} more" if len(differing) > 12 else ""
     raise CompareError(f"{where}: run configs differ outside run.seed/name/arm/out_dir/resume, log.* and the arm "
-                       f"overrides ({', '.join(sorted(allowed)) or 'none'}): " + "; ".join(parts) + more)
+                       f"overrides ({', '.join(allowed) or 'none'}): " + "; ".join(parts) + more)
 
 
-def _device(spec: Mapping[str, Any], runs: Sequence[StudyRun]) -> str:
-    if spec.get("device"):
-        return str(spec["device"])
+def _device(spec: study_folder.StudySpec, runs: Sequence[StudyRun]) -> str:
+    if spec.device:
+        return spec.device
     for r in runs:
         for event in r.run.events():
             if event.get("event") == "start" and event.get("device"):
@@ -218,16 +191,16 @@ def load_study(folder: Path | str) -> Study:
     Raises:
         CompareError: no ``study.yaml``, no finished run at all, missing (unfinished) runs, malformed files or
             configs that differ outside the allowed keys, runs whose recorded data folders differ
-            (:func:`analysis.provenance.check_data_identity`); the message names the folder, runs or keys.
+            (:func:`varnet_ds.analysis.provenance.check_data_identity`); the message names the folder, runs or keys.
     """
     folder = Path(folder)
     spec = read_spec(folder)
-    arms = {str(a): list(o or []) for a, o in spec["arms"].items()}
-    seeds = sorted(spec["seeds"])
+    arms = spec.arms
+    seeds = sorted(spec.seeds)
     missing, finished = [], []
     for arm in arms:
         for seed in seeds:
-            run_dir = folder / run_folder_name(arm, seed)
+            run_dir = study_folder.run_dir(folder, arm, seed)
             if not run_dir.is_dir():
                 missing.append(f"{run_dir.name} (no folder)")
             elif not _finished(run_dir):
@@ -238,17 +211,27 @@ def load_study(folder: Path | str) -> Study:
                 finished.append((arm, seed, run_dir))
     if not finished:
         raise CompareError(f"{folder}: the study has no finished runs (expected folders "
-                           f"{', '.join(run_folder_name(a, s) for a in arms for s in seeds)})")
+                           f"{', '.join(run_name(a, s) for a in arms for s in seeds)})")
     if missing:
         raise CompareError(f"{folder}: {len(missing)} run(s) of study.yaml are missing or unfinished: "
                            + ", ".join(missing) + "; rerun the study command to complete them")
-    runs = {(arm, seed): _load_study_run(run_dir, arm, seed) for arm, seed, run_dir in finished}
+    runs = {(arm, seed): load_study_run(run_dir, arm, seed) for arm, seed, run_dir in finished}
     ordered = [runs[(a, s)] for a in arms for s in seeds]
     check_configs(ordered, arms, folder)
     check_data_identity({r.name: r.run for r in ordered}, folder)
-    return Study(name=str(spec.get("study") or folder.resolve().name), folder=folder,
-                 reference=str(spec.get("reference", next(iter(arms)))), arms=arms, seeds=seeds, runs=runs,
-                 device=_device(spec, ordered), spec=spec)
+    return Study(name=spec.study, folder=folder, reference=spec.reference, arms=arms, seeds=seeds, runs=runs,
+                 device=_device(spec, ordered), spec=asdict(spec))
+
+
+def finished_runs(folder: Path) -> List[StudyRun]:
+    """Every finished run folder of the study folder ``folder`` (a ``FINISHED`` marker), by folder name; arm and
+    seed from each run's config. The study may be incomplete and need no ``study.yaml`` (the W&B report).
+
+    Raises:
+        CompareError: a malformed marker or file (named).
+    """
+    return [load_study_run(p.parent) for p in sorted(Path(folder).glob(f"*/{run_folder.METRICS}"))
+            if _finished(p.parent)]
 
 
 def selected_epoch(run: StudyRun) -> Optional[int]:

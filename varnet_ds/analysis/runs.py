@@ -1,12 +1,14 @@
-"""Training runs as the comparison sees them: validated ``metrics.jsonl`` rows, the resolved config, per-volume tables.
+"""Training runs as every report sees them: the one loader of a run folder.
 
-A run folder (written by ``varnet_ds.tracking.tracker.Tracker``) holds ``config.yaml``, ``metrics.jsonl``,
-``images/{split}_epoch{E:03d}.png``, ``{split}_per_volume.csv`` and optionally ``recon/*.h5`` (from
-``python -m varnet_ds.evaluate``). Parsed here without importing ``varnet_ds``: analysis stays independent of
-the training code. Row format (also produced from W&B histories by :mod:`analysis.wandb_source`): ``step``,
-``epoch``, ``split`` in ``train | val_knee | val_brain | event``, metric keys, and on evaluation breakdown rows
-``acquisition`` and/or ``acceleration`` (a row with neither is the overall row). Metric values that were
-logged as ``null`` (non-finite) become NaN.
+A run folder (written by ``varnet_ds.tracking.tracker.Tracker``; format: ``varnet_ds.run_folder``) holds
+``config.yaml``, ``metrics.jsonl`` (train, evaluation and event rows), ``images/{split}_epoch{E:03d}.png``,
+``{split}_per_volume.csv`` and optionally ``recon/*.h5`` (from ``python -m varnet_ds.evaluate``). :func:`load_run`
+reads the config, the validated rows, the per-volume tables and the events; the two-run comparison, the study
+statistics and the W&B report all load runs through it. Row format (also produced from W&B histories by
+:mod:`varnet_ds.analysis.compare.wandb_source`): ``step``, ``epoch``, ``split`` in
+``train | val_knee | val_brain | event``, metric keys, and on evaluation breakdown rows ``acquisition`` and/or
+``acceleration`` (a row with neither is the overall row). Metric values that were logged as ``null``
+(non-finite) become NaN. Standard library and PyYAML; of the package only ``varnet_ds.run_folder``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import yaml
+
+from varnet_ds.run_folder import CONFIG, table_name
+from varnet_ds.run_folder import METRICS as METRICS_FILE
 
 SPLITS = ("train", "val_knee", "val_brain", "event")
 VAL_SPLITS = ("val_knee", "val_brain")
@@ -209,6 +214,23 @@ def parse_metrics(path: Path, notes: List[str]) -> List[Dict[str, Any]]:
     return normalise_rows(raw, notes, str(path.parent.name))
 
 
+def flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested dicts -> ``{"a.b": value}``."""
+    out: Dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def last_row_per_epoch(rows: Sequence[dict]) -> Dict[int, dict]:
+    """Epoch -> the last (highest-step) evaluation row of that epoch; ``rows`` sorted by step."""
+    return {r["epoch"]: r for r in rows}
+
+
 def read_config(path: Path) -> Dict[str, Any]:
     """The resolved ``config.yaml`` as nested dicts."""
     try:
@@ -258,12 +280,12 @@ def load_run(folder: Path | str, label: Optional[str] = None) -> Run:
     folder = Path(folder)
     if not folder.is_dir():
         raise CompareError(f"run folder not found: {folder}")
-    metrics_path = folder / "metrics.jsonl"
+    metrics_path = folder / METRICS_FILE
     if not metrics_path.is_file():
         raise CompareError(f"no metrics.jsonl in run folder {folder} (expected {metrics_path})")
     notes: List[str] = []
     rows = parse_metrics(metrics_path, notes)
-    config_path = folder / "config.yaml"
+    config_path = folder / CONFIG
     if config_path.is_file():
         config = read_config(config_path)
     else:
@@ -271,7 +293,7 @@ def load_run(folder: Path | str, label: Optional[str] = None) -> Run:
         notes.append(f"{folder}: no config.yaml; run settings are unknown")
     per_volume = {}
     for split in VAL_SPLITS:
-        csv_path = folder / f"{split}_per_volume.csv"
+        csv_path = folder / table_name(split)
         if csv_path.is_file():
             per_volume[split] = read_per_volume(csv_path)
     name = label or cfg_get(config, "run.name") or folder.resolve().name

@@ -1,9 +1,9 @@
-"""The study report's content as :mod:`analysis.report_doc` blocks: the contrasts in words, the acquisition x
+"""The study report's content as :mod:`varnet_ds.analysis.report_doc` blocks: the contrasts in words, the acquisition x
 acceleration breakdown, per-arm numbers, model selection, all contrasts, the method and the provenance.
 
 Numbers of contrasts come from the ``study.json`` mapping (``summary``); the inner cells of the breakdown (one
 acquisition at one acceleration, which ``study.json`` does not hold) are means of the same seed x volume difference
-matrix (:func:`analysis.study_stats.delta_matrix`) the contrasts are computed from.
+matrix (:func:`varnet_ds.analysis.study.contrasts.delta_matrix`) the contrasts are computed from.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from analysis.contrast_text import headline, lead_sentences, metric_name, p_text, value_text
-from analysis.report_doc import Block, Bullets, Heading, Para, Table
-from analysis.stats import last_row_per_epoch
-from analysis.study_load import Study, selected_epoch
-from analysis.study_report import arm_key, find_contrast, mean_sd_text, other_arms
-from analysis.study_stats import delta_matrix, excludes_zero, wins_losses
+from varnet_ds.analysis.report_doc import Block, Bullets, Heading, Para, Table
+from varnet_ds.analysis.runs import flatten, last_row_per_epoch
+from varnet_ds.analysis.stats import excludes_zero, wins_losses
+from varnet_ds.analysis.study.contrast_text import headline, lead_sentences, metric_name, p_text, value_text
+from varnet_ds.analysis.study.contrasts import delta_matrix
+from varnet_ds.analysis.study.load import Study, selected_epoch
+from varnet_ds.analysis.study.markdown import arm_key, find_contrast, mean_sd_text, other_arms
 
 SECONDARY = (("val_brain", "psnr"), ("val_brain", "nmse"), ("val_knee", "ssim"))
 EVENT_SKIP = ("step", "epoch", "split", "event", "time", "provenance")
@@ -159,16 +160,6 @@ def text_of(value: Any) -> str:
     return str(value)
 
 
-def _flatten(value: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, v in value.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = v
-    return out
-
-
 def collapse(rows: Mapping[str, Mapping[str, Any]]) -> Tuple[Dict[str, Any], List[str]]:
     """``name -> {column: value}`` split into the columns with one value in every row and those that vary."""
     cols = list(dict.fromkeys(c for r in rows.values() for c in r))
@@ -187,7 +178,7 @@ def mapping_blocks(title: str, value: Mapping[str, Any], level: int = 3) -> List
     nested: List[Block] = []
     for key, v in value.items():
         if isinstance(v, Mapping) and v and all(isinstance(x, Mapping) for x in v.values()):
-            flat = {str(k): _flatten(x) for k, x in v.items()}
+            flat = {str(k): flatten(x) for k, x in v.items()}
             same, varying = collapse(flat)
             if len(flat) > 1:
                 plain += [[f"{key}.{c}", f"{text_of(x)} (all {len(flat)})"] for c, x in same.items()]
@@ -197,7 +188,7 @@ def mapping_blocks(title: str, value: Mapping[str, Any], level: int = 3) -> List
                 nested.append(Table(["", *varying], [[k, *(text_of(x.get(c)) for c in varying)]
                                                      for k, x in flat.items()], caption=f"**{key}**"))
         elif isinstance(v, Mapping) and v:
-            plain += [[f"{key}.{k}", text_of(x)] for k, x in _flatten(v).items()]
+            plain += [[f"{key}.{k}", text_of(x)] for k, x in flatten(v).items()]
         else:
             plain.append([str(key), text_of(v)])
     if plain:

@@ -1,4 +1,4 @@
-"""The report's content: the comparison results laid out as a :class:`~analysis.report_doc.Document`."""
+"""The report's content: the comparison results laid out as a :class:`~varnet_ds.analysis.report_doc.Document`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from analysis.checks import event_counts, last_epoch, last_step, run_status
-from analysis.report_doc import Bullets, Document, Figure, Heading, Para, Table
-from analysis.runs import METRICS, VAL_SPLITS, Run, cfg_get
-from analysis.stats import DiffRow, PairedRow, TransferRow
+from varnet_ds.analysis.compare.checks import event_counts, last_epoch, last_step, run_status
+from varnet_ds.analysis.compare.rows import DiffRow, PairedRow, TransferRow
+from varnet_ds.analysis.report_doc import Bullets, Document, Figure, Heading, Para, Table
+from varnet_ds.analysis.runs import METRICS, VAL_SPLITS, Run, cfg_get
+from varnet_ds.analysis.stats import N_RESAMPLES
 
 DECIMALS = {"ssim": 4, "psnr": 2, "nmse": 5}
 SPLIT_NAMES = {"val_knee": "knee (val_knee)", "val_brain": "brain (val_brain, transfer)"}
@@ -169,8 +170,9 @@ def build_document(res: Results, smooth: float) -> Document:
         doc.add(diff_table(rows) if rows else Para("No split/breakdown was evaluated by both runs."))
     doc.add(Heading("Paired per-volume comparison"),
             Para(f"Volumes matched by (fname, acceleration) in the runs' per-volume tables (final evaluation). "
-                 f"Interval: percentile bootstrap of the mean difference over volumes, {10_000} resamples, seed "
-                 f"{res.seed}; it reflects the spread over volumes only, not training-run randomness."))
+                 f"Interval: percentile bootstrap of the mean difference over volumes (scipy.stats.bootstrap, "
+                 f"{N_RESAMPLES} resamples, seed {res.seed}); it reflects the spread over volumes only, not "
+                 "training-run randomness."))
     for (other, split), rows in sorted(res.paired.items(), key=lambda kv: (kv[0][0], kv[0][1] != "val_brain")):
         doc.add(Heading(f"{SPLIT_NAMES[split]}: {other} − {ref.label}", level=3))
         doc.add(paired_table(rows) if rows else Para("Not available (see Warnings)."))

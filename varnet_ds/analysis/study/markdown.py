@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from analysis.plots import new_figure, run_color, save_figure
-from analysis.study_stats import excludes_zero, mean_sd
+from varnet_ds.analysis.plots import new_figure, run_color, save_figure
+from varnet_ds.analysis.stats import excludes_zero, mean_sd
 
 README_START = "<!-- study-results:start -->"
 README_END = "<!-- study-results:end -->"

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from analysis.runs import METRICS, VAL_SPLITS, Run, VolumeRow, breakdown_sort_key, format_breakdown
-
-HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "nmse": False}
-BOOTSTRAP_RESAMPLES = 10_000
+from varnet_ds.analysis.runs import (
+    METRICS,
+    VAL_SPLITS,
+    Run,
+    VolumeRow,
+    breakdown_sort_key,
+    format_breakdown,
+    last_row_per_epoch,
+)
+from varnet_ds.analysis.stats import HIGHER_IS_BETTER, mean_ci
 
 
 @dataclass
@@ -110,11 +116,6 @@ def transfer_rows(run: Run) -> List[TransferRow]:
     return out
 
 
-def last_row_per_epoch(rows: Sequence[dict]) -> Dict[int, dict]:
-    """Epoch -> the last (highest-step) evaluation row of that epoch; ``rows`` sorted by step."""
-    return {r["epoch"]: r for r in rows}
-
-
 def diff_rows(reference: Run, other: Run, notes: List[str]) -> List[DiffRow]:
     """``other - reference`` for every split and breakdown both runs evaluated; the rest goes to ``notes``."""
     ref_rows = {(t.split, t.acquisition, t.acceleration): t for t in transfer_rows(reference)}
@@ -145,30 +146,6 @@ def diff_rows(reference: Run, other: Run, notes: List[str]) -> List[DiffRow]:
             notes.append(f"{split}: breakdowns not evaluated by both {reference.label} and {other.label}: "
                          + ", ".join(missing))
     return out
-
-
-def bootstrap_mean_ci(diffs: np.ndarray, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES,
-                      level: float = 0.95) -> Tuple[float, float]:
-    """Percentile bootstrap interval of the mean of paired differences.
-
-    Args:
-        diffs: ``[N]`` per-volume differences.
-        seed: seed of the resampling generator (same inputs and seed -> same interval).
-        resamples: number of bootstrap resamples.
-        level: coverage of the interval.
-
-    Returns:
-        ``(low, high)``; NaNs for ``N = 0``, ``(d, d)`` for ``N = 1``.
-    """
-    diffs = np.asarray(diffs, dtype=np.float64)
-    if diffs.size == 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, diffs.size, size=(resamples, diffs.size))
-    means = diffs[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low), float(high)
 
 
 def match_volumes(ref: Sequence[VolumeRow], other: Sequence[VolumeRow]) -> Tuple[List[Tuple[VolumeRow, VolumeRow]],
@@ -217,7 +194,7 @@ def paired_rows(reference: Run, other: Run, split: str, notes: List[str], seed: 
             va, vb = va[ok], vb[ok]
             d = vb - va
             better = d if HIGHER_IS_BETTER[metric] else -d
-            low, high = bootstrap_mean_ci(d, seed=seed)
+            low, high = mean_ci(d, seed=seed)
             rows.append(PairedRow(
                 reference.label, other.label, split, group, metric, int(d.size),
                 float(va.mean()) if d.size else math.nan, float(vb.mean()) if d.size else math.nan,

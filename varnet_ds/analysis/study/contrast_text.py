@@ -1,7 +1,8 @@
 """A study contrast (one record of ``study.json``'s ``contrasts``) in words a reader understands.
 
-Every number comes from the record as :mod:`analysis.study_stats` wrote it; nothing is recomputed. Used by the
-study's ``report.md``/``report.html`` (:mod:`analysis.study_page`) and the W&B Report (:mod:`analysis.wandb_report`).
+Every number comes from the record as :mod:`varnet_ds.analysis.study.contrasts` wrote it; nothing is recomputed.
+Used by the study's ``report.md``/``report.html`` (:mod:`varnet_ds.analysis.study.page`) and the W&B Report
+(:mod:`varnet_ds.analysis.wandb_report.report`).
 A record holds ``arm, reference, split, metric, checkpoint, group, mean, ci_low, ci_high, p_value, n_seeds,
 n_volumes, noise_floor_sd, wins, losses`` (floats may be ``None`` = not defined).
 """
@@ -11,8 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, List, Mapping, Optional
 
-from analysis.stats import HIGHER_IS_BETTER
-from analysis.study_stats import excludes_zero
+from varnet_ds.analysis.stats import HIGHER_IS_BETTER, excludes_zero
 
 SPLIT_WORDS = {"val_brain": "brain", "val_knee": "knee val"}
 DIGITS = {"ssim": 4, "psnr": 2, "nmse": 5}
