@@ -130,8 +130,9 @@ def render_study_md(summary: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def render_readme_block(summary: Mapping[str, Any], figure_link: str, study_json: str) -> str:
-    """Text between the README markers (without the markers)."""
+def render_readme_block(summary: Mapping[str, Any], figure_link: str, study_json: str,
+                        stability: Sequence[str] = ()) -> str:
+    """Text between the README markers (without the markers); ``stability``: lines about a rerun, placed last."""
     ref = summary["reference"]
     lines = [f"Study `{summary['study']}` on {summary['device']}, generated {summary['generated']} (UTC) "
              f"from `{study_json}`; mean ± sd over seeds; `selected` = weights of the best knee validation SSIM "
@@ -145,6 +146,8 @@ def render_readme_block(summary: Mapping[str, Any], figure_link: str, study_json
         lines.append("")
     lines.append(f"The noise floor is the seed-to-seed sd of the {ref} arm's mean SSIM: a contrast much smaller "
                  "than it is not distinguishable from a different seed.")
+    if stability:
+        lines += ["", *stability]
     lines += ["", f"![study: one point per seed and arm]({figure_link})"]
     return "\n".join(lines)
 

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from varnet_ds.analysis.provenance import provenance_block
 from varnet_ds.analysis.runs import METRICS, CompareError
 from varnet_ds.analysis.stats import BOOTSTRAP_SEED, N_RESAMPLES
+from varnet_ds.analysis.study import stability as stability_mod
 from varnet_ds.analysis.study.contrasts import contrast_method, contrast_records, seed_mean
 from varnet_ds.analysis.study.load import CHECKPOINTS, STUDY_SPLITS, Study, load_study, selected_epoch
 from varnet_ds.analysis.study.markdown import (
@@ -158,19 +159,24 @@ def _rel(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
 
 
-def update_readme(readme: Path | str, study_json: Path | str, figure_dir: Path | str | None = None) -> Path:
+def update_readme(readme: Path | str, study_json: Path | str, figure_dir: Path | str | None = None,
+                  rerun: Optional[Path | str] = None, rerun_command: Optional[str] = None) -> Path:
     """Rewrite the README's results block from ``study.json`` (only the lines between the markers change).
 
     Args:
         readme: the markdown file with the :data:`README_START` / :data:`README_END` lines.
         study_json: path of ``study.json`` (its folder holds ``study_seeds.png``).
         figure_dir: when given, ``study_seeds.png`` is copied there and the block links the copy.
+        rerun: ``study.json`` of a rerun of the same study elsewhere: the block then says whether each contrast's
+            sign and "excludes zero" held (:mod:`varnet_ds.analysis.study.stability`); ``rerun_command`` names
+            the command that made it.
 
     Returns:
         Path of the figure the block links.
 
     Raises:
-        CompareError: missing README, missing markers (nothing is written then) or unreadable ``study.json``.
+        CompareError: missing README, missing markers, unreadable ``study.json`` or a rerun of another study
+            (nothing is written then).
     """
     readme, study_json = Path(readme), Path(study_json)
     text = check_readme(readme)
@@ -178,6 +184,11 @@ def update_readme(readme: Path | str, study_json: Path | str, figure_dir: Path |
         summary = json.loads(study_json.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise CompareError(f"cannot read {study_json}: {err}") from None
+    stability: List[str] = []
+    if rerun is not None:
+        other = stability_mod.load_summary(rerun)
+        stability_mod.check_same_study(summary, other, str(rerun))
+        stability = stability_mod.stability_lines(summary, other, _rel(Path(rerun), readme.parent), rerun_command)
     figure = study_json.parent / FIGURE
     if figure_dir is not None:
         target_dir = Path(figure_dir)
@@ -186,7 +197,7 @@ def update_readme(readme: Path | str, study_json: Path | str, figure_dir: Path |
         with atomic_path(target) as tmp:
             tmp.write_bytes(figure.read_bytes())
         figure = target
-    block = render_readme_block(summary, _rel(figure, readme.parent), _rel(study_json, readme.parent))
+    block = render_readme_block(summary, _rel(figure, readme.parent), _rel(study_json, readme.parent), stability)
     atomic_write_text(readme, replace_block(text, block, str(readme)))
     return figure
 
@@ -198,6 +209,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output folder (default: STUDY_DIR/report)")
     parser.add_argument("--readme", type=Path, help=f"rewrite the block between {README_START} and {README_END}")
     parser.add_argument("--figure-dir", type=Path, help="copy study_seeds.png here and link it from the README")
+    parser.add_argument("--rerun", type=Path, metavar="STUDY_JSON",
+                        help="with --readme: study.json of a rerun of this study (other threads/machine); the block "
+                             "says whether each contrast's sign and 'excludes zero' held")
+    parser.add_argument("--rerun-command", metavar="TEXT", help="the command that made the rerun (named in the block)")
     return parser.parse_args(argv)
 
 
@@ -208,12 +223,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.figure_dir is not None and args.readme is None:
             raise CompareError("--figure-dir needs --readme FILE")
+        if args.rerun is not None and args.readme is None:
+            raise CompareError("--rerun needs --readme FILE")
         if args.readme is not None:
             check_readme(args.readme)  # refuse before writing anything
+        if args.rerun is not None:
+            stability_mod.load_summary(args.rerun)
         json_path = build_study_report(args.study_dir, args.out)
         print(f"study report: {json_path}\n              {json_path.with_name('study.md')}")
         if args.readme is not None:
-            figure = update_readme(args.readme, json_path, args.figure_dir)
+            figure = update_readme(args.readme, json_path, args.figure_dir, args.rerun, args.rerun_command)
             print(f"README block: {args.readme} (figure {figure})")
     except CompareError as err:
         print(f"study.py: error: {err}", file=sys.stderr)
