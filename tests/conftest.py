@@ -53,7 +53,7 @@ def one_rank(synth_dirs, tmp_path_factory):
 # (a session fixture is built once per worker that uses it). Timings: docs/measurements/2026-12-02-demo-and-tests.md.
 LONG_MODULES = ("test_epochs.py", "test_survival.py",
                 "test_engine.py", "test_elastic.py", "test_study.py", "test_preempt_eval.py",
-                "test_faults.py", "test_compiled.py", "test_bench.py")
+                "test_faults.py", "test_compiled.py", "test_bench.py", "test_wheel.py")
 SHARED_RUNS = {"test_engine.py": "one_rank", "test_elastic.py": "one_rank"}
 
 

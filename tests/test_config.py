@@ -1,10 +1,11 @@
 """Config schema and DeepSpeed JSON checks fail early, naming the key."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from varnet_ds.config import CONF_DIR, ConfigError, load_config, save_config
+from varnet_ds.config import CONF_DIR, DS_CONF_DIR, ConfigError, ds_config_path, load_config, save_config
 from varnet_ds.distributed import load_ds_config
 
 
@@ -83,6 +84,18 @@ def test_bad_ds_config(tmp_path, extra, match):
     path.write_text(json.dumps({"zero_optimization": {"stage": 2}, **extra}))
     with pytest.raises(ConfigError, match=match):
         load_ds_config(path, 1, 1)
+
+
+def test_ds_config_by_packaged_name(tmp_path, monkeypatch):
+    """``--ds_config zero2`` is the packaged file from any directory; a path is a path; a bad name lists the names."""
+    monkeypatch.chdir(tmp_path)  # not the checkout: ds_configs/ is not here
+    assert ds_config_path("zero2") == DS_CONF_DIR / "zero2.json"
+    assert load_ds_config("zero2", 2, 1) == load_ds_config(CONF_DIR.parent.parent / "ds_configs" / "zero2.json", 2, 1)
+    (tmp_path / "zero2").mkdir()  # a file or folder of that name in the working directory wins, as with --config
+    assert ds_config_path("zero2") == Path("zero2")
+    assert ds_config_path("sub/zero1") == Path("sub/zero1")  # only a bare name means a packaged file
+    with pytest.raises(ConfigError, match=r"--ds_config zero3: file not found .*zero0, zero1, zero2, zero2_offload"):
+        load_ds_config("zero3", 1, 1)
 
 
 def test_ds_config_not_json(tmp_path):

@@ -91,6 +91,11 @@ def test_study_file_may_grow_but_not_change(tmp_path):
     with pytest.raises(ValueError, match="--set overrides"):
         merge_saved(_spec(overrides=["train.lr=0.01", "train.epochs=2"]), tmp_path)
     assert merge_saved(_spec(seeds=[], arms={}), tmp_path).seeds == [1, 2]  # `--name s` alone reruns the study
+    # the packaged name of the same JSON is the same study (make demo recorded ds_configs/zero2.json before)
+    same = ["train.lr=0.001", "train.epochs=2"]
+    assert merge_saved(_spec(ds_config="zero2", overrides=same), tmp_path).ds_config == "zero2"
+    with pytest.raises(ValueError, match=r"other settings \(ds_config\)"):
+        merge_saved(_spec(ds_config="zero1", overrides=same), tmp_path)
 
 
 def test_one_study_file_format_for_runner_and_analysis(tmp_path):

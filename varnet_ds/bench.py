@@ -172,7 +172,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sens-chunk", nargs="+", type=int, default=[0, 4],
                    help="with ckpt=all|selective_all: coils per sensitivity U-Net call (0 = all at once)")
     p.add_argument("--ds", nargs="+", default=["zero0", "zero2"],
-                   help="ds_configs/*.json stems; none = plain torch Adam")
+                   help="packaged DeepSpeed JSON names (varnet_ds/conf/ds/*.json = ds_configs/*.json); "
+                        "none = plain torch Adam")
     p.add_argument("--compile", action="store_true", help="our models' U-Nets through torch.compile (one graph)")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--repeat-reference", action="store_true", help="measure the reference again at the end (drift)")

@@ -21,6 +21,10 @@ from omegaconf.errors import OmegaConfBaseException
 from varnet_ds.files import atomic_write_text
 
 CONF_DIR = Path(__file__).parent / "conf"
+# The DeepSpeed JSONs the package ships (a bare name like ``zero2`` means DS_CONF_DIR/zero2.json). The checkout's
+# ds_configs/*.json are the same files, byte for byte (tests/test_wheel.py): the ones the docs' commands name.
+DS_CONF_DIR = CONF_DIR / "ds"
+DEFAULT_DS_CONFIG = "zero2"
 
 
 class ConfigError(ValueError):
@@ -223,6 +227,27 @@ def _validate(cfg: DictConfig) -> None:
         if not str(tag).strip() or re.fullmatch(r"seed--?[0-9]+", str(tag)):
             raise ConfigError(f"config key 'log.wandb.tags' holds {tag!r}: give non-empty tags shared by every run; "
                               "seed-<run.seed> and the arm (run.arm, else log.wandb.job_type) are added per run")
+
+
+def ds_config_path(value: Union[str, Path]) -> Path:
+    """The DeepSpeed JSON ``--ds_config VALUE`` names: a file, or a packaged name (``zero2`` = ``conf/ds/zero2.json``).
+
+    Args:
+        value: a path to a JSON file, or the stem of one of :data:`DS_CONF_DIR`'s files.
+
+    Returns:
+        the path (a missing file is returned as given: :func:`varnet_ds.distributed.load_ds_config` names it).
+    """
+    path = Path(value)
+    packaged = DS_CONF_DIR / f"{value}.json"
+    if not path.exists() and path.name == str(value) and packaged.is_file():
+        return packaged
+    return path
+
+
+def ds_config_names() -> List[str]:
+    """The stems of the packaged DeepSpeed JSONs (``zero0``, ``zero1``, ``zero2``, ``zero2_offload``)."""
+    return sorted(p.stem for p in DS_CONF_DIR.glob("*.json"))
 
 
 def load_config(

@@ -38,8 +38,7 @@ from varnet_ds.files import atomic_write_text
 from varnet_ds.sim import manifest as data_manifest
 from varnet_ds.sim.anatomy import AnatomySourceError, require
 
-ROOT = Path(__file__).resolve().parent.parent
-RUNS = ROOT / "runs"
+RUNS = Path.cwd() / "runs"  # of the working directory (`make demo`: the checkout's runs/), never the package's
 DATA = RUNS / "demo-data"
 STUDY = "demo"
 SEEDS = (1, 2, 3, 4, 5)
@@ -177,7 +176,7 @@ def _stop(message: str, code: int) -> None:
 def study(name: str, nproc: Optional[int], extra: List[str]) -> None:
     """Every arm x seed with ``python -m varnet_ds.study`` (skips finished runs, resumes killed ones)."""
     cmd = [sys.executable, "-m", "varnet_ds.study", "--name", name, "--runs-dir", str(RUNS), "--config", "demo",
-           "--ds_config", str(ROOT / "ds_configs" / "zero2.json"), "--seeds", *map(str, SEEDS)]
+           "--ds_config", "zero2", "--seeds", *map(str, SEEDS)]
     for arm, overrides in ARMS.items():
         cmd += ["--arm", arm, *overrides]
     for key, folder in (("train_path", "knee_train"), ("val_path", "knee_val"), ("transfer_path", "brain")):
@@ -189,7 +188,7 @@ def study(name: str, nproc: Optional[int], extra: List[str]) -> None:
     elif torch.cuda.is_available():
         cmd += ["--gpus-per-run", "1"]  # one run per GPU side by side
     say("study: " + " ".join(cmd[2:]))
-    code = subprocess.run(cmd, cwd=ROOT).returncode
+    code = subprocess.run(cmd).returncode
     if code != 0:
         _stop(f"demo: the study failed with exit code {code}", code)
 
@@ -213,13 +212,13 @@ def report(name: str) -> Path:
     out = RUNS / name / "report"
     py = sys.executable
     code = subprocess.run([py, "-m", "varnet_ds.analysis.compare.report", str(RUNS / name), "--out", str(out),
-                           "--note", NOTE], cwd=ROOT, stdout=subprocess.DEVNULL).returncode
+                           "--note", NOTE], stdout=subprocess.DEVNULL).returncode
     if code:
         _stop(f"demo: the report of {RUNS / name} failed ({code}); rerun: varnet-ds report {RUNS / name} --out {out}",
               code)
     wandb = subprocess.run([py, "-m", "varnet_ds.analysis.wandb_report.report", "--entity", "varnet-ds", "--project",
                             "varnet_ds", "--study", name, "--runs-dir", str(RUNS), "--dry-run",
-                            str(out / "wandb_report.json")], cwd=ROOT)
+                            str(out / "wandb_report.json")])
     if wandb.returncode != 0:
         _stop(f"demo: the W&B Report spec failed ({wandb.returncode})", wandb.returncode)
     return out / "report.md"

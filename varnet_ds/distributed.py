@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch
 
-from varnet_ds.config import ConfigError
+from varnet_ds.config import ConfigError, ds_config_names, ds_config_path
 from varnet_ds.rendezvous import (
     RENDEZVOUS_ENV,
     RendezvousError,
@@ -202,7 +202,8 @@ def _join_group(backend: str, timeout: timedelta, device: torch.device) -> None:
 
 
 def load_ds_config(path: Union[str, Path], batch_size: int, grad_accum: int) -> Dict[str, Any]:
-    """Read a DeepSpeed JSON and fill in what our config owns.
+    """Read a DeepSpeed JSON (a path or a packaged name, :func:`varnet_ds.config.ds_config_path`) and fill in what
+    our config owns.
 
     Keys starting with ``_`` are comments and are dropped. Batch size per GPU and gradient accumulation come
     from ``data.batch_size`` and ``train.grad_accum``; DeepSpeed's ``fp16``/``bf16``/``amp`` module casting and
@@ -211,9 +212,10 @@ def load_ds_config(path: Union[str, Path], batch_size: int, grad_accum: int) -> 
     Raises:
         ConfigError: the file is missing, not JSON, or sets a key we own or cannot support (named).
     """
-    path = Path(path)
+    path = ds_config_path(path)
     if not path.is_file():
-        raise ConfigError(f"--ds_config {path}: file not found")
+        raise ConfigError(f"--ds_config {path}: file not found (a JSON file, or a packaged name: "
+                          f"{', '.join(ds_config_names())})")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:

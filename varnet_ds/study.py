@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from varnet_ds.config import ConfigError
+from varnet_ds.config import DEFAULT_DS_CONFIG, ConfigError
 from varnet_ds.exits import entry_point
 from varnet_ds.studies import runner
 from varnet_ds.studies.launch import machine_slots
@@ -35,7 +35,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--name", required=True, help="study name: folder RUNS/<name>/ and the W&B group")
     p.add_argument("--config", default=None, help="base YAML config of every run (e.g. varnet_ds/conf/baseline.yaml)")
-    p.add_argument("--ds_config", default="ds_configs/zero2.json", help="DeepSpeed JSON of every run")
+    p.add_argument("--ds_config", default=DEFAULT_DS_CONFIG,
+                   help="DeepSpeed JSON of every run, or a packaged name (default zero2 = ds_configs/zero2.json)")
     p.add_argument("--seeds", nargs="+", type=int, default=[], help="run.seed values, e.g. 1 2 3")
     p.add_argument("--arm", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"),
                    help="an arm: its name and its overrides (repeat for every arm)")

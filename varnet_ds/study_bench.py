@@ -21,8 +21,8 @@ from varnet_ds.studies import bench
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m varnet_ds.study_bench", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=150, help="timed steps per measurement (after 10 warm-up steps)")
-    p.add_argument("--data", type=Path, default=bench.ROOT / "runs" / "demo-data",
-                   help="demo data folder (make demo writes it)")
+    p.add_argument("--data", type=Path, default=Path("runs") / "demo-data",
+                   help="demo data folder (make demo writes it; default: runs/demo-data of the working directory)")
     args = p.parse_args(argv)
     data = args.data / "knee_train"
     if not data.is_dir():

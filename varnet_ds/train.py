@@ -45,14 +45,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     Raises:
         SystemExit: exit code 2, naming the argument, for anything that is neither an option nor key=value.
     """
+    from varnet_ds.config import DEFAULT_DS_CONFIG
+
     parser = argparse.ArgumentParser(
         description="Train fastMRI's E2E VarNet under DeepSpeed (knee -> brain transfer study).",
         epilog="Trailing key=value (or --key=value, as wandb agent passes them) pairs override the config "
                "(OmegaConf dotlist), e.g. train.epochs=10 --train.lr=0.0003",
         allow_abbrev=False,  # --conf=... must not silently mean --config
     )
-    parser.add_argument("--ds_config", "--deepspeed_config", dest="ds_config", default="ds_configs/zero2.json",
-                        help="DeepSpeed JSON (ZeRO stage, buckets); batch size/accumulation come from our config")
+    parser.add_argument("--ds_config", "--deepspeed_config", dest="ds_config", default=DEFAULT_DS_CONFIG,
+                        help="DeepSpeed JSON (ZeRO stage, buckets), or a packaged name: zero0, zero1, zero2 (default; "
+                             "= ds_configs/zero2.json), zero2_offload; batch size/accumulation come from our config")
     parser.add_argument("--config", default=None, help="YAML config (e.g. varnet_ds/conf/baseline.yaml or 'demo')")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help="set by the deepspeed launcher; LOCAL_RANK in the environment wins")
@@ -85,7 +88,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _train(argv: Optional[List[str]]) -> int:
     args = parse_args(argv)
-    from varnet_ds.config import ConfigError, load_config
+    from varnet_ds.config import ConfigError, ds_config_path, load_config
+
+    args.ds_config = str(ds_config_path(args.ds_config))  # a packaged name -> its file (recorded as a path)
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 import torch
 from fastmri.models import VarNet
 
-from varnet_ds.config import AugConfig
+from varnet_ds.config import DS_CONF_DIR, AugConfig
 from varnet_ds.data.augment import MRAugment
 from varnet_ds.model.step import ssim_loss
 from varnet_ds.model.varnet import VarNetDS, build_model
@@ -25,7 +25,7 @@ from varnet_ds.seeding import derive_seed
 from varnet_ds.system import GIB, release_memory
 
 REFERENCE = "reference fp32 (plain PyTorch)"
-DS_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+DS_DIR = DS_CONF_DIR  # the packaged DeepSpeed JSONs (= a checkout's ds_configs/)
 Config = Tuple[str, str, str, int]  # checkpointing, precision, ds_configs stem, sens_chunk
 
 

@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
+from varnet_ds.config import DEFAULT_DS_CONFIG
 from varnet_ds.studies.launch import Slot, cpu_name
 from varnet_ds.studies.ports import PortPool
+from varnet_ds.studies.runner import TRAIN_SCRIPT
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: ds_configs/ and the demo data of make demo
 WARMUP = 10
 
 
@@ -84,12 +85,12 @@ def _plain_subprocess(data: Path, steps: int, threads: int) -> float:
     code = (f"from varnet_ds.studies.bench import plain_loop; from pathlib import Path; "
             f"print(plain_loop(Path({str(data)!r}), {steps}, {threads}))")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def _train_cmd(launcher: List[str], data: Path, out: Path, steps: int) -> List[str]:
-    return [*launcher, str(ROOT / "varnet_ds" / "train.py"), "--ds_config", str(ROOT / "ds_configs" / "zero2.json"),
+    return [*launcher, str(TRAIN_SCRIPT), "--ds_config", DEFAULT_DS_CONFIG,
             "--config", "demo", f"data.train_path={data}", f"run.out_dir={out}", "data.val_path=null",
             "data.transfer_path=null", f"train.max_steps={steps + WARMUP}", "log.progress=false",
             "log.wandb.mode=disabled", "eval.every_epochs=1000", "train.checkpoint_every_steps=100000"]
@@ -112,7 +113,7 @@ def deepspeed_runs(data: Path, steps: int, runs: int, ranks: int) -> float:
             out = Path(tmp) / f"run{i}"
             outs.append(out)
             launcher = slot.launcher(None if slot.direct else ports.acquire())
-            procs.append(subprocess.Popen(_train_cmd(launcher, data, out, steps), cwd=ROOT, env=slot.env(),
+            procs.append(subprocess.Popen(_train_cmd(launcher, data, out, steps), env=slot.env(),
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         for proc in procs:
             _, err = proc.communicate()

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import List, Sequence
 
 from varnet_ds import run_folder
-from varnet_ds.config import EXTENDABLE_KEYS, RESUMABLE_KEYS, ConfigError, check_rerun_config, load_config
+from varnet_ds.config import (
+    EXTENDABLE_KEYS,
+    RESUMABLE_KEYS,
+    ConfigError,
+    check_rerun_config,
+    ds_config_path,
+    load_config,
+)
 from varnet_ds.console import say
 from varnet_ds.exits import EXIT_REQUEUE, EXIT_USAGE
 from varnet_ds.studies.launch import Slot, launch_all
@@ -86,7 +93,8 @@ def merge_saved(spec: StudySpec, study_dir: Path) -> StudySpec:
     path = Path(study_dir) / STUDY_FILE
     if not spec.arms and not spec.seeds:
         return old  # `--name X` alone: rerun the recorded study
-    changed = [f for f in ("config", "ds_config", "reference") if getattr(old, f) != getattr(spec, f)]
+    changed = [f for f in ("config", "reference") if getattr(old, f) != getattr(spec, f)]
+    changed += [] if _same_ds_config(old.ds_config, spec.ds_config) else ["ds_config"]
     if _fixed(old.overrides) != _fixed(spec.overrides):
         changed.append("--set overrides")
     changed += [f"arm {a}" for a in old.arms if a in spec.arms and old.arms[a] != spec.arms[a]]
@@ -97,6 +105,15 @@ def merge_saved(spec: StudySpec, study_dir: Path) -> StudySpec:
     seeds = list(dict.fromkeys([*old.seeds, *spec.seeds]))
     return StudySpec(spec.study, spec.config, spec.ds_config, seeds, arms, spec.reference, spec.overrides,
                      spec.device)
+
+
+def _same_ds_config(old: str, new: str) -> bool:
+    """The same DeepSpeed JSON: the same spelling, or two spellings of one content (``zero2`` = the packaged file =
+    a checkout's ``ds_configs/zero2.json``, which studies before the packaged name recorded)."""
+    if old == new:
+        return True
+    a, b = ds_config_path(old), ds_config_path(new)
+    return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
 
 
 def _fixed(overrides: Sequence[str]) -> List[str]:
