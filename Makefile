@@ -67,7 +67,8 @@ lock:
 demo: install
 	$(VPY) -m varnet_ds.demo
 
-# The same study again with 2 threads per run, one run at a time (other float summation order): does its answer hold?
+# CPU: the same study again, one run at a time with all the cores (2 threads per run on the 2-core box: another float
+# summation order): does its answer hold? (On a GPU node --nproc 1 is make demo's own layout.)
 RERUN := runs/demo-2threads
 demo-2threads: install
 	$(VPY) -m varnet_ds.demo --nproc 1 --name demo-2threads

@@ -49,6 +49,7 @@ def test_one_process_cpu_group_builds_no_shm_op(tmp_path):
     code = ("import deepspeed.ops\n"
             "from varnet_ds.distributed import init_distributed, SHM_OP\n"
             "before = deepspeed.ops.__compatible_ops__.get(SHM_OP)\n"
+            "print('compatible', before)\n"
             "assert init_distributed().world_size == 1\n"
             "assert deepspeed.ops.__compatible_ops__.get(SHM_OP) == before\n")
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"), OMP_NUM_THREADS="1")
@@ -56,6 +57,8 @@ def test_one_process_cpu_group_builds_no_shm_op(tmp_path):
         env.pop(key, None)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    if "compatible True" not in proc.stdout:
+        pytest.skip("DeepSpeed takes its shm op as unavailable here (no compiler?): nothing to skip")
     assert "built successfully" not in proc.stdout
     built = sorted(p.name for p in (tmp_path / "ext").rglob("*")) if (tmp_path / "ext").exists() else []
     assert built == [], built

@@ -250,7 +250,7 @@ def test_compare_bad_inputs_exit_2_naming_the_path(tmp_path, capsys):
     for path, reason in cases:
         assert main([str(a), str(path)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("provenance.py: error: ") and str(path) in err and reason in err, err
+        assert err.startswith(f"{os.path.basename(sys.argv[0])}: error: ") and str(path) in err and reason in err, err
     with pytest.raises(CompareError, match="'provenance' must be a mapping"):
         (a / "baseline-s1" / "metrics.jsonl").write_text(json.dumps(
             {"step": 0, "epoch": 0, "split": "event", "event": "start", "provenance": "x"}) + "\n")

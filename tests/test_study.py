@@ -30,7 +30,7 @@ def _common(synth_dirs):
 
 
 def _spec(**kw):
-    base = dict(study="s", config="demo", ds_config="ds_configs/zero2.json", seeds=[1, 2],
+    base = dict(study="s", config="demo", ds_config=str(ROOT / "ds_configs" / "zero2.json"), seeds=[1, 2],
                 arms={"baseline": ["aug.enabled=false"], "mraugment": ["aug.enabled=true"]}, reference="baseline")
     base.update(kw)
     return StudySpec(**base)
@@ -94,8 +94,10 @@ def test_study_file_may_grow_but_not_change(tmp_path):
     # the packaged name of the same JSON is the same study (make demo recorded ds_configs/zero2.json before)
     same = ["train.lr=0.001", "train.epochs=2"]
     assert merge_saved(_spec(ds_config="zero2", overrides=same), tmp_path).ds_config == "zero2"
-    with pytest.raises(ValueError, match=r"other settings \(ds_config\)"):
+    with pytest.raises(ValueError, match=r"other settings \(ds_config .*zero2.json' vs 'zero1'\)"):
         merge_saved(_spec(ds_config="zero1", overrides=same), tmp_path)
+    with pytest.raises(ValueError, match=r"not found from .*: gone/zero2.json"):
+        merge_saved(_spec(ds_config="gone/zero2.json", overrides=same), tmp_path)
 
 
 def test_one_study_file_format_for_runner_and_analysis(tmp_path):

@@ -25,9 +25,15 @@ def _contrast(split: str, mean: float, low: float, high: float) -> dict:
 
 
 def _summary(brain=(-0.01, -0.02, -0.005), knee=(0.002, -0.001, 0.004), device="box (1 thread(s) each)",
-             seeds=(1, 2, 3, 4, 5), brain_sha="b1") -> dict:
+             seeds=(1, 2, 3, 4, 5), brain_sha="b1", overrides=("train.epochs=4",)) -> dict:
+    spec = {"config": "demo", "overrides": [*overrides, "data.train_path=/here/knee_train", "log.every_steps=1"],
+            "arms": {"baseline": ["aug.enabled=false"], "mraugment": ["aug.enabled=true"]}}
     return {"study": "demo", "reference": "baseline", "device": device, "generated": "2026-12-03",
-            "arms": {arm: {"seeds": list(seeds)} for arm in ("baseline", "mraugment")},
+            "design": stability.design(spec),
+            "arms": {arm: {"seeds": list(seeds), **{f"{split}_ssim": {"selected": [0.6] * len(seeds),
+                                                                         "final": [0.59] * len(seeds)}
+                                                    for split in ("brain", "knee")}}
+                     for arm in ("baseline", "mraugment")},
             "contrasts": [_contrast("val_brain", *brain), _contrast("val_knee", *knee)],
             "provenance": {"runs": ["baseline-s1"], "unrecorded": [], "environment": {"torch": "2.13.0"},
                            "environment_differs": {}, "ranks_threads": {},
@@ -54,11 +60,25 @@ def test_sign_and_excludes_zero_per_contrast():
 @pytest.mark.parametrize("change, named", [
     (dict(seeds=(1, 2, 3)), "arms and seeds"),
     (dict(brain_sha="other"), "data.transfer"),
+    (dict(overrides=("train.epochs=8",)), "design.overrides"),
 ])
 def test_a_rerun_of_another_study_is_refused(change, named):
     with pytest.raises(CompareError, match=named):
         stability.check_same_study(_summary(), _summary(**change), "runs/other/report/study.json")
-    stability.check_same_study(_summary(), _summary(device="elsewhere"), "ok")  # another machine is the point
+
+
+def test_machine_keys_may_differ_in_a_rerun():
+    """Another machine (device), other data paths with the same content and other logging are the point."""
+    other = _summary(device="elsewhere")
+    other["design"] = stability.design({"config": "demo", "overrides": [
+        "train.epochs=4", "data.train_path=/there/knee_train", "log.every_steps=50"],
+        "arms": {"baseline": ["aug.enabled=false"], "mraugment": ["aug.enabled=true"]}})
+    assert other["design"] == _summary()["design"]
+    stability.check_same_study(_summary(), other, "ok")
+    old = _summary()
+    del old["design"]
+    with pytest.raises(CompareError, match="old.json: no 'design'"):
+        stability.check_same_study(_summary(), old, "old.json")
 
 
 def test_readme_block_names_the_rerun(tmp_path, monkeypatch):
@@ -74,12 +94,12 @@ def test_readme_block_names_the_rerun(tmp_path, monkeypatch):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_START}\nold\n{README_END}\nend\n")
     monkeypatch.setattr(report, "build_study_report", lambda study_dir, out: study_json)
-    monkeypatch.setattr(report, "render_readme_block",
-                        lambda summary, fig, js, stab=(): "\n".join(["block", *stab]))
 
     assert study_main([str(tmp_path), "--readme", str(readme), "--rerun", str(rerun_json), "--rerun-command",
                        "make demo-2threads"]) == 0
     text = readme.read_text()
+    assert "**-0.0100** (95 % interval [-0.0200, -0.0050]" in text  # the real block, then the rerun's lines
+    assert text.index("Rerun of the same study") < text.index("![study: one point per seed and arm]")
     assert "Rerun of the same study on box (2 thread(s) each) (`make demo-2threads`)" in text
     assert "the sign held" in text and '"excludes zero" did not hold' in text
     assert text.startswith("intro\n") and text.endswith(f"{README_END}\nend\n")

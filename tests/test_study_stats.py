@@ -241,7 +241,7 @@ def test_readme_without_markers_is_refused_and_untouched(built, tmp_path, capsys
     out = tmp_path / "out"
     assert main([str(study), "--out", str(out), "--readme", str(readme)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("study.py: error: ") and str(readme) in err and err.count("\n") == 1
+    assert err.startswith(f"{os.path.basename(sys.argv[0])}: error: ") and str(readme) in err and err.count("\n") == 1
     assert readme.read_text() == original and not out.exists()  # nothing written
 
 

@@ -35,6 +35,7 @@ import torch
 from varnet_ds.console import say
 from varnet_ds.exits import EXIT_USAGE, entry_point
 from varnet_ds.files import atomic_write_text
+from varnet_ds.run_folder import run_name
 from varnet_ds.sim import manifest as data_manifest
 from varnet_ds.sim.anatomy import AnatomySourceError, require
 
@@ -246,7 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     bind_study(args.name, manifest)
     study(args.name, args.nproc, args.overrides)
     for arm in ARMS:
-        reconstruct(args.name, f"{arm}-s{SEEDS[0]}")
+        reconstruct(args.name, run_name(arm, SEEDS[0]))
     path = report(args.name)
     say(f"finished in {(time.time() - t0) / 60:.1f} min")
     say(f"study: {RUNS / args.name / 'report' / 'study.json'} and {RUNS / args.name / 'report' / 'study.md'}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -67,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         blocks = [load_block(args.a), load_block(args.b)]
     except CompareError as err:
-        print(f"provenance.py: error: {err}", file=sys.stderr)
+        print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)  # argparse's prog
         return 2
     print(f"A: {args.a} ({len(blocks[0]['runs'])} run segment(s))\nB: {args.b} ({len(blocks[1]['runs'])} run "
           "segment(s))")

@@ -5,10 +5,22 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Union
+from typing import List, Optional, Union
+
+DIGITS = {"ssim": 4, "psnr": 2, "nmse": 5}  # decimals of each metric in every report (compare, study, W&B)
+
+
+def fmt(value: Optional[float], metric: str, signed: bool = False) -> str:
+    """A metric value with the metric's decimals (:data:`DIGITS`), ``+`` before positives when ``signed``; ``n/a``
+    for ``None``/NaN."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:{'+' if signed else ''}.{DIGITS[metric]}f}"
+
 
 _NUMERIC = re.compile(r"^[+\-−]?(\d[\d,]*\.?\d*|\.\d+|nan|n/a)(e[+-]?\d+)?( ?\(.*\))?$|^\[.*\]$", re.IGNORECASE)
 

@@ -94,7 +94,10 @@ def merge_saved(spec: StudySpec, study_dir: Path) -> StudySpec:
     if not spec.arms and not spec.seeds:
         return old  # `--name X` alone: rerun the recorded study
     changed = [f for f in ("config", "reference") if getattr(old, f) != getattr(spec, f)]
-    changed += [] if _same_ds_config(old.ds_config, spec.ds_config) else ["ds_config"]
+    if not _same_ds_config(old.ds_config, spec.ds_config):
+        missing = [p for p in (old.ds_config, spec.ds_config) if not ds_config_path(p).is_file()]
+        changed.append(f"ds_config {old.ds_config!r} vs {spec.ds_config!r}"
+                       + (f"; not found from {Path.cwd()}: {', '.join(missing)}" if missing else ""))
     if _fixed(old.overrides) != _fixed(spec.overrides):
         changed.append("--set overrides")
     changed += [f"arm {a}" for a in old.arms if a in spec.arms and old.arms[a] != spec.arms[a]]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -238,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             mds = build_reports(args.run_dirs, args.out, args.labels, args.note, smooth=args.smooth,
                                 seed=args.seed)
     except CompareError as err:
-        print(f"compare.py: error: {err}", file=sys.stderr)
+        print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)  # argparse's prog
         return 2
     for md in mds:
         print(f"report: {md}\n        {md.with_suffix('.html')}")

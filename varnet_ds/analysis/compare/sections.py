@@ -8,11 +8,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from varnet_ds.analysis.compare.checks import event_counts, last_epoch, last_step, run_status
 from varnet_ds.analysis.compare.rows import DiffRow, PairedRow, TransferRow
-from varnet_ds.analysis.report_doc import Bullets, Document, Figure, Heading, Para, Table
+from varnet_ds.analysis.report_doc import Bullets, Document, Figure, Heading, Para, Table, fmt
 from varnet_ds.analysis.runs import METRICS, VAL_SPLITS, Run, cfg_get
 from varnet_ds.analysis.stats import N_RESAMPLES
 
-DECIMALS = {"ssim": 4, "psnr": 2, "nmse": 5}
 SPLIT_NAMES = {"val_knee": "knee (val_knee)", "val_brain": "brain (val_brain, transfer)"}
 
 
@@ -42,14 +41,6 @@ class Results:
     seed: int = 0
 
 
-def fmt(metric: str, value: Optional[float], signed: bool = False) -> str:
-    """A metric value with its precision (SSIM 4, PSNR 2, NMSE 5 decimals); ``n/a`` for missing/NaN."""
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    d = DECIMALS[metric]
-    return f"{value:+.{d}f}" if signed else f"{value:.{d}f}"
-
-
 def _find(transfer: Sequence[TransferRow], label: str, split: str) -> Optional[TransferRow]:
     return next((t for t in transfer if t.label == label and t.split == split and t.acquisition == "all"
                  and t.acceleration == "all"), None)
@@ -59,7 +50,7 @@ def _ci_text(row: PairedRow) -> str:
     if row.n < 2 or not math.isfinite(row.ci_low):
         return "interval not available"
     inside = "includes 0" if row.ci_low <= 0.0 <= row.ci_high else "excludes 0"
-    return (f"95% bootstrap interval [{fmt(row.metric, row.ci_low, True)}, {fmt(row.metric, row.ci_high, True)}] "
+    return (f"95% bootstrap interval [{fmt(row.ci_low, row.metric, True)}, {fmt(row.ci_high, row.metric, True)}] "
             f"({inside})")
 
 
@@ -72,22 +63,22 @@ def key_results(res: Results) -> List[str]:
             a, b = _find(res.transfer, ref.label, split), _find(res.transfer, other.label, split)
             if a is None or b is None:
                 continue
-            items.append(f"**{SPLIT_NAMES[split]}** final SSIM: {ref.label} {fmt('ssim', a.final_ssim)} (epoch "
-                         f"{a.final_epoch}) vs {other.label} {fmt('ssim', b.final_ssim)} (epoch {b.final_epoch}), "
-                         f"difference {fmt('ssim', b.final_ssim - a.final_ssim, True)}; best "
-                         f"{fmt('ssim', a.best_ssim)} vs {fmt('ssim', b.best_ssim)}.")
+            items.append(f"**{SPLIT_NAMES[split]}** final SSIM: {ref.label} {fmt(a.final_ssim, 'ssim')} (epoch "
+                         f"{a.final_epoch}) vs {other.label} {fmt(b.final_ssim, 'ssim')} (epoch {b.final_epoch}), "
+                         f"difference {fmt(b.final_ssim - a.final_ssim, 'ssim', True)}; best "
+                         f"{fmt(a.best_ssim, 'ssim')} vs {fmt(b.best_ssim, 'ssim')}.")
             row = next((p for p in res.paired.get((other.label, split), [])
                         if p.group == "all" and p.metric == "ssim"), None)
             if row is not None:
                 items.append(f"Paired per-volume {split} SSIM ({other.label} − {ref.label}) over {row.n} volume(s): "
-                             f"mean {fmt('ssim', row.mean_diff, True)}, {_ci_text(row)}; {other.label} better on "
+                             f"mean {fmt(row.mean_diff, 'ssim', True)}, {_ci_text(row)}; {other.label} better on "
                              f"{row.wins}, worse on {row.losses}, tied on {row.ties}.")
     for run in res.runs:
         knee, brain = _find(res.transfer, run.label, "val_knee"), _find(res.transfer, run.label, "val_brain")
         if knee is not None and brain is not None:
             items.append(f"Knee→brain SSIM gap of {run.label} at its final evaluations: "
-                         f"{fmt('ssim', knee.final_ssim - brain.final_ssim, True)} (knee {fmt('ssim', knee.final_ssim)}"
-                         f", brain {fmt('ssim', brain.final_ssim)}).")
+                         f"{fmt(knee.final_ssim - brain.final_ssim, 'ssim', True)} (knee {fmt(knee.final_ssim, 'ssim')}"
+                         f", brain {fmt(brain.final_ssim, 'ssim')}).")
     return items or ["No run pair with evaluations of the same split; see Warnings."]
 
 
@@ -109,8 +100,8 @@ def runs_table(runs: Sequence[Run]) -> Table:
 
 def transfer_table(transfer: Sequence[TransferRow], split: str) -> Table:
     rows = [[t.label, t.acquisition, t.acceleration, "n/a" if t.num_volumes is None else str(t.num_volumes),
-             str(t.final_epoch), *(fmt(m, getattr(t, f"final_{m}")) for m in METRICS),
-             *(f"{fmt(m, getattr(t, f'best_{m}'))} ({getattr(t, f'best_{m}_epoch')})" for m in METRICS)]
+             str(t.final_epoch), *(fmt(getattr(t, f"final_{m}"), m) for m in METRICS),
+             *(f"{fmt(getattr(t, f'best_{m}'), m)} ({getattr(t, f'best_{m}_epoch')})" for m in METRICS)]
             for t in transfer if t.split == split]
     return Table(["run", "acquisition", "acceleration", "volumes", "final epoch", "final SSIM", "final PSNR",
                   "final NMSE", "best SSIM (epoch)", "best PSNR (epoch)", "best NMSE (epoch)"], rows,
@@ -122,17 +113,17 @@ def diff_table(rows: Sequence[DiffRow]) -> Table:
               "Δ best SSIM", "Δ best PSNR", "Δ best NMSE", "last common epoch", "Δ SSIM @common", "Δ PSNR @common",
               "Δ NMSE @common"]
     body = [[d.split, d.acquisition, d.acceleration,
-             *(fmt(m, getattr(d, f"d_final_{m}"), True) for m in METRICS),
-             *(fmt(m, getattr(d, f"d_best_{m}"), True) for m in METRICS),
+             *(fmt(getattr(d, f"d_final_{m}"), m, True) for m in METRICS),
+             *(fmt(getattr(d, f"d_best_{m}"), m, True) for m in METRICS),
              "n/a" if d.common_epoch is None else str(d.common_epoch),
-             *(fmt(m, getattr(d, f"d_common_{m}"), True) for m in METRICS)] for d in rows]
+             *(fmt(getattr(d, f"d_common_{m}"), m, True) for m in METRICS)] for d in rows]
     return Table(header, body)
 
 
 def paired_table(rows: Sequence[PairedRow]) -> Table:
-    body = [[p.group, p.metric.upper(), str(p.n), fmt(p.metric, p.mean_reference), fmt(p.metric, p.mean_other),
-             fmt(p.metric, p.mean_diff, True),
-             f"[{fmt(p.metric, p.ci_low, True)}, {fmt(p.metric, p.ci_high, True)}]", f"{p.wins}/{p.losses}/{p.ties}"]
+    body = [[p.group, p.metric.upper(), str(p.n), fmt(p.mean_reference, p.metric), fmt(p.mean_other, p.metric),
+             fmt(p.mean_diff, p.metric, True),
+             f"[{fmt(p.ci_low, p.metric, True)}, {fmt(p.ci_high, p.metric, True)}]", f"{p.wins}/{p.losses}/{p.ties}"]
             for p in rows]
     ref, other = (rows[0].reference, rows[0].other) if rows else ("reference", "other")
     return Table(["volumes", "metric", "n", f"mean {ref}", f"mean {other}", f"mean Δ ({other} − {ref})",

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any, List, Mapping, Optional
 
+from varnet_ds.analysis.report_doc import DIGITS
 from varnet_ds.analysis.stats import HIGHER_IS_BETTER, excludes_zero
 
 SPLIT_WORDS = {"val_brain": "brain", "val_knee": "knee val"}
-DIGITS = {"ssim": 4, "psnr": 2, "nmse": 5}
 UNITS = {"ssim": "", "psnr": " dB", "nmse": ""}
 
 

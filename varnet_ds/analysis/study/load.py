@@ -238,3 +238,25 @@ def selected_epoch(run: StudyRun) -> Optional[int]:
     """Epoch of the selected weights (``selected.json``), ``None`` when unknown."""
     epoch = run.selected.get("epoch")
     return int(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
+
+
+SUMMARY_KEYS = ("study", "reference", "arms", "contrasts", "device")
+
+
+def read_summary(path: Path | str) -> Dict[str, Any]:
+    """A ``study.json`` mapping (``varnet-ds study-report`` writes it; the one reader of that file).
+
+    Raises:
+        CompareError: missing, unreadable or not a study summary (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CompareError(f"{path}: no such study.json (run `varnet-ds study-report STUDY_DIR` on the rerun first)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CompareError(f"{path}: not a readable study.json ({err})") from None
+    for key in SUMMARY_KEYS:
+        if not isinstance(doc, Mapping) or key not in doc:
+            raise CompareError(f"{path}: not a study.json (no '{key}')")
+    return dict(doc)

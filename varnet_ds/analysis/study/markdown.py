@@ -10,19 +10,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from varnet_ds.analysis.plots import new_figure, run_color, save_figure
+from varnet_ds.analysis.report_doc import DIGITS, fmt
 from varnet_ds.analysis.stats import excludes_zero, mean_sd
 
 README_START = "<!-- study-results:start -->"
 README_END = "<!-- study-results:end -->"
 SPLIT_NAMES = {"val_brain": "brain", "val_knee": "knee val"}
-DIGITS = {"ssim": 4, "psnr": 2, "nmse": 5}
-
-
-def fmt(value: Optional[float], metric: str, signed: bool = False) -> str:
-    """A metric value with the metric's digits (``n/a`` for ``None``/NaN)."""
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    return f"{value:{'+' if signed else ''}.{DIGITS[metric]}f}"
 
 
 def fmt_p(p: Optional[float]) -> str:

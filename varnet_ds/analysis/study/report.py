@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from varnet_ds.analysis.runs import METRICS, CompareError
 from varnet_ds.analysis.stats import BOOTSTRAP_SEED, N_RESAMPLES
 from varnet_ds.analysis.study import stability as stability_mod
 from varnet_ds.analysis.study.contrasts import contrast_method, contrast_records, seed_mean
-from varnet_ds.analysis.study.load import CHECKPOINTS, STUDY_SPLITS, Study, load_study, selected_epoch
+from varnet_ds.analysis.study.load import CHECKPOINTS, STUDY_SPLITS, Study, load_study, read_summary, selected_epoch
 from varnet_ds.analysis.study.markdown import (
     README_END,
     README_START,
@@ -91,6 +90,7 @@ def study_summary(study: Study, n_resamples: int = N_RESAMPLES, seed: int = BOOT
     return {"study": study.name, "primary": "selected", "reference": study.reference, "device": study.device,
             "generated": dt.datetime.now(dt.timezone.utc).date().isoformat(),
             "methods": methods(n_resamples, seed),
+            "design": stability_mod.design(study.spec),
             "arms": {arm: arm_summary(study, arm) for arm in study.arm_order()}, "contrasts": contrasts,
             "provenance": provenance_block({r.name: r.run for r in study.ordered_runs()})}
 
@@ -180,14 +180,11 @@ def update_readme(readme: Path | str, study_json: Path | str, figure_dir: Path |
     """
     readme, study_json = Path(readme), Path(study_json)
     text = check_readme(readme)
-    try:
-        summary = json.loads(study_json.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CompareError(f"cannot read {study_json}: {err}") from None
+    summary = read_summary(study_json)
     stability: List[str] = []
     if rerun is not None:
-        other = stability_mod.load_summary(rerun)
-        stability_mod.check_same_study(summary, other, str(rerun))
+        other = read_summary(rerun)
+        stability_mod.check_same_study(summary, other, str(rerun), str(study_json))
         stability = stability_mod.stability_lines(summary, other, _rel(Path(rerun), readme.parent), rerun_command)
     figure = study_json.parent / FIGURE
     if figure_dir is not None:
@@ -228,14 +225,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.readme is not None:
             check_readme(args.readme)  # refuse before writing anything
         if args.rerun is not None:
-            stability_mod.load_summary(args.rerun)
+            read_summary(args.rerun)
         json_path = build_study_report(args.study_dir, args.out)
         print(f"study report: {json_path}\n              {json_path.with_name('study.md')}")
         if args.readme is not None:
             figure = update_readme(args.readme, json_path, args.figure_dir, args.rerun, args.rerun_command)
             print(f"README block: {args.readme} (figure {figure})")
     except CompareError as err:
-        print(f"study.py: error: {err}", file=sys.stderr)
+        print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)  # argparse's prog
         return 2
     return 0
 

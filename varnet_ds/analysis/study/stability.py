@@ -4,50 +4,50 @@ loss), compared contrast by contrast from the two ``study.json`` files alone.
 
 For each primary contrast (every non-reference arm, ``val_brain`` and ``val_knee`` SSIM of the selected weights) it
 says whether the sign of the mean difference held and whether "the 95 % interval excludes zero" held. A rerun of
-another study (other arms, seeds or data) is refused, naming what differs: it would not say anything about
+another study (other arms, seeds, design or data) is refused, naming what differs: it would not say anything about
 stability.
+
+The design (``study.json``'s ``design``, from ``study.yaml``) is the base config, each arm's overrides and the
+common overrides, less the keys a machine may set differently: the data folders' paths (their content is compared
+through the provenance block's data identity) and logging (``varnet_ds.study_folder.may_differ``).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from varnet_ds.analysis.provenance import check_block, compare_blocks
+from varnet_ds.analysis.report_doc import fmt
 from varnet_ds.analysis.runs import CompareError
 from varnet_ds.analysis.stats import excludes_zero
-from varnet_ds.analysis.study.markdown import SPLIT_NAMES, find_contrast, fmt, other_arms
+from varnet_ds.analysis.study.markdown import SPLIT_NAMES, find_contrast, other_arms
+from varnet_ds.study_folder import may_differ, override_key
 
 SPLITS = ("val_brain", "val_knee")
 METRIC = "ssim"
+DATA_PATHS = ("data.train_path", "data.val_path", "data.transfer_path")
 
 
-def load_summary(path: Path | str) -> Dict[str, Any]:
-    """A ``study.json`` mapping (``varnet-ds study-report`` writes it).
+def _fixed(overrides: List[str]) -> List[str]:
+    return [o for o in overrides if override_key(o) not in DATA_PATHS and not may_differ(override_key(o))]
 
-    Raises:
-        CompareError: missing, unreadable or not a study summary (the message names the file).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CompareError(f"{path}: no such study.json (run `varnet-ds study-report STUDY_DIR` on the rerun first)")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CompareError(f"{path}: not a readable study.json ({err})") from None
-    for key in ("study", "reference", "arms", "contrasts", "device"):
-        if not isinstance(doc, Mapping) or key not in doc:
-            raise CompareError(f"{path}: not a study.json (no '{key}')")
-    return dict(doc)
+
+def design(spec: Mapping[str, Any]) -> Dict[str, Any]:
+    """``study.json``'s ``design`` from a ``study.yaml`` mapping: what the runs train, less machine keys."""
+    return {"config": spec.get("config"), "overrides": _fixed(list(spec.get("overrides") or [])),
+            "arms": {arm: _fixed(list(o)) for arm, o in (spec.get("arms") or {}).items()}}
 
 
 def _seeds(summary: Mapping[str, Any]) -> Dict[str, List[int]]:
     return {arm: sorted(block.get("seeds", [])) for arm, block in summary["arms"].items()}
 
 
-def check_same_study(summary: Mapping[str, Any], rerun: Mapping[str, Any], where: str) -> None:
-    """Refuse a rerun that is another study: other arms, reference, seeds or data.
+def check_same_study(summary: Mapping[str, Any], rerun: Mapping[str, Any], where: str,
+                     here: str = "study.json") -> None:
+    """Refuse a rerun that is another study: other arms, reference, seeds, design or data.
+
+    Args:
+        where, here: the rerun's and this study's ``study.json`` paths (named in the message).
 
     Raises:
         CompareError: naming ``where`` and every difference.
@@ -57,7 +57,14 @@ def check_same_study(summary: Mapping[str, Any], rerun: Mapping[str, Any], where
         problems.append(f"reference arm {summary['reference']!r} vs {rerun['reference']!r}")
     if _seeds(summary) != _seeds(rerun):
         problems.append(f"arms and seeds {_seeds(summary)} vs {_seeds(rerun)}")
-    data = compare_blocks(check_block(summary.get("provenance"), "study.json"),
+    for doc, path in ((summary, here), (rerun, where)):
+        if not isinstance(doc.get("design"), Mapping):
+            raise CompareError(f"{path}: no 'design' (written before study.json recorded it): rerun "
+                               "`varnet-ds study-report` on its study folder")
+    for key in ("config", "overrides", "arms"):
+        if summary["design"].get(key) != rerun["design"].get(key):
+            problems.append(f"design.{key} {summary['design'].get(key)!r} vs {rerun['design'].get(key)!r}")
+    data = compare_blocks(check_block(summary.get("provenance"), here),
                           check_block(rerun.get("provenance"), where))["data"]
     problems += data
     if problems:

@@ -34,7 +34,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 from varnet_ds import run_folder
 from varnet_ds.analysis.runs import CompareError
 from varnet_ds.analysis.study.contrast_text import headline
-from varnet_ds.analysis.study.load import StudyRun, finished_runs
+from varnet_ds.analysis.study.load import StudyRun, finished_runs, read_summary
 from varnet_ds.exits import entry_point
 from varnet_ds.files import atomic_write_text
 
@@ -104,10 +104,10 @@ def load_input(runs_dir: Path, name: str) -> ReportInput:
     study_json = folder / "report" / "study.json"
     if study_json.is_file():
         try:
-            summary = json.loads(study_json.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ReportError(f"{study_json}: invalid JSON ({err})") from None
-        if not isinstance(summary, dict) or not isinstance(summary.get("arms"), dict):
+            summary = read_summary(study_json)
+        except CompareError as err:
+            raise ReportError(str(err)) from None
+        if not isinstance(summary.get("arms"), dict):
             raise ReportError(f"{study_json}: expected an object with 'arms'")
     try:
         runs = finished_runs(folder)
