@@ -125,6 +125,13 @@ def test_installed_wheel_runs_outside_the_checkout(tmp_path):
     assert Path(where[0]).resolve().is_relative_to(tmp_path / "env"), f"imported {where[0]}, not the wheel's"
     assert where[1] == wheel.name.split("-")[1]
 
+    # a checkout's analysis/ script run with the wheel's python runs the checkout's code, not the installed copy
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import _entry; "
+             "_entry.main_of('varnet_ds.analysis.study.report'); import varnet_ds; print(varnet_ds.__file__)")
+    got = subprocess.run([str(python), "-c", probe, str(ROOT / "analysis")], cwd=away, env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert Path(got).resolve() == PKG / "__init__.py", f"analysis/ ran {got}, not this checkout's code"
+
     proc = run("--help")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: varnet-ds")
