@@ -15,13 +15,13 @@ from runstats import Statistics
 
 from varnet_ds.eval.metrics import (
     VolumeAccumulator,
-    VolumeResult,
     aggregate_stats,
     evaluation_crop,
     gather,
     summarize,
     volume_metrics,
 )
+from varnet_ds.run_folder import VolumeRow
 
 
 def _volume(seed: int, slices: int = 3, size: int = 32, noise: float = 0.1):
@@ -128,7 +128,7 @@ def test_accumulator_rejects_inconsistent_slices():
 
 
 def _result(fname, acq, accel, ssim, psnr, nmse, slices=3):
-    return VolumeResult(fname, acq, accel, slices, ssim, psnr, nmse)
+    return VolumeRow(fname, acq, accel, slices, ssim, psnr, nmse)
 
 
 def test_gather_without_process_group_dedups_and_sorts():

@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from varnet_ds.config import ConfigError, check_rerun_config, config_changes, load_config, save_config, to_dict
-from varnet_ds.eval.metrics import VolumeResult, summarize
+from varnet_ds.eval.metrics import summarize
 from varnet_ds.eval.selection import ModelSelector
 from varnet_ds.eval.validate import EvalOutput
+from varnet_ds.run_folder import VolumeRow
 
 
 def _outputs(knee_ssim: float, brain_ssim: float):
     def out(split, ssim):
-        vols = [VolumeResult(f"{split}_{i}.h5", "AXT2", 4, 3, ssim + 0.01 * i, 30.0, 0.01) for i in range(2)]
+        vols = [VolumeRow(f"{split}_{i}.h5", "AXT2", 4, 3, ssim + 0.01 * i, 30.0, 0.01) for i in range(2)]
         return EvalOutput(rows=summarize(vols), volumes=vols)
 
     return {"val_knee": out("knee", knee_ssim), "val_brain": out("brain", brain_ssim)}

@@ -11,9 +11,9 @@ from typing import Callable, Dict, List
 import numpy as np
 import pytest
 
-from varnet_ds.analysis.runs import VolumeRow
 from varnet_ds.analysis.stats import hierarchical_ci, wilcoxon_p
 from varnet_ds.analysis.study.contrasts import contrast, delta_matrix
+from varnet_ds.run_folder import VolumeRow
 
 REPO = Path(__file__).resolve().parents[1]
 

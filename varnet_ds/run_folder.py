@@ -29,7 +29,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from varnet_ds.files import atomic_write_json
 
@@ -42,6 +42,22 @@ SELECTED_WEIGHTS = "model_selected.pt"
 SELECTED = "selected.json"
 EVAL_SPLITS = ("val_knee", "val_brain")
 CHECKPOINT_KINDS = ("selected", "final")
+
+
+class VolumeRow(NamedTuple):
+    """One row of a per-volume table (:func:`table_name`): metrics of one volume at one acceleration. Written by the
+    trainer's evaluation (plain Python types, picklable for ``all_gather_object``), read by the analysis."""
+
+    fname: str
+    acquisition: str
+    acceleration: int
+    num_slices: int
+    ssim: float
+    psnr: float
+    nmse: float
+
+
+VOLUME_COLUMNS = VolumeRow._fields  # the tables' header, in this order
 
 
 def run_name(arm: str, seed: int) -> str:

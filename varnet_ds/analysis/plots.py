@@ -12,8 +12,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from varnet_ds.analysis.runs import VAL_SPLITS, Run, VolumeRow, last_row_per_epoch
+from varnet_ds.analysis.runs import VAL_SPLITS, Run, last_row_per_epoch
 from varnet_ds.files import atomic_path
+from varnet_ds.run_folder import VolumeRow
 
 SPLIT_TITLES = {"val_knee": "knee (validation)", "val_brain": "brain (transfer)"}
 DPI = 100

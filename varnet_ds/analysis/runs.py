@@ -20,17 +20,16 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from varnet_ds.run_folder import CONFIG, table_name
+from varnet_ds.run_folder import CONFIG, VOLUME_COLUMNS, VolumeRow, table_name
 from varnet_ds.run_folder import METRICS as METRICS_FILE
 
 SPLITS = ("train", "val_knee", "val_brain", "event")
 VAL_SPLITS = ("val_knee", "val_brain")
 METRICS = ("ssim", "psnr", "nmse")
-VOLUME_COLUMNS = ("fname", "acquisition", "acceleration", "num_slices", "ssim", "psnr", "nmse")
 _NON_METRIC = {"step", "epoch", "split", "acquisition", "acceleration", "time", "event"}
 
 Breakdown = Tuple[Optional[str], Optional[int]]  # (acquisition, acceleration); (None, None) = overall
@@ -38,18 +37,6 @@ Breakdown = Tuple[Optional[str], Optional[int]]  # (acquisition, acceleration); 
 
 class CompareError(Exception):
     """A bad input to the comparison (missing folder or file, malformed row); the message names it."""
-
-
-class VolumeRow(NamedTuple):
-    """One row of ``{split}_per_volume.csv``: metrics of one volume at one acceleration."""
-
-    fname: str
-    acquisition: str
-    acceleration: int
-    num_slices: int
-    ssim: float
-    psnr: float
-    nmse: float
 
 
 @dataclass

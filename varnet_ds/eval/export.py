@@ -29,11 +29,12 @@ from torch.utils.data import DataLoader
 from varnet_ds.data.check import check_folder
 from varnet_ds.data.datasets import VarNetTransform, build_eval_dataset, volume_table
 from varnet_ds.data.fastmri_file import TARGET_KEY, DataError
-from varnet_ds.eval.metrics import VolumeResult, evaluation_crop, summarize, volume_metrics
+from varnet_ds.eval.metrics import evaluation_crop, summarize, volume_metrics
 from varnet_ds.files import atomic_path, atomic_write_json, strict_json
 from varnet_ds.model.step import model_inputs
 from varnet_ds.model.varnet import VarNetDS
 from varnet_ds.model.weights import model_sizes
+from varnet_ds.run_folder import VolumeRow
 from varnet_ds.system import resolve_device
 
 PathLike = Union[str, Path]
@@ -102,7 +103,7 @@ def score_volume(data_file: PathLike, recon: np.ndarray) -> Optional[Dict[str, f
     return volume_metrics(target, recon, maxval=None)
 
 
-def _summary_rows(results: Sequence[VolumeResult]) -> Tuple[Optional[dict], Dict[str, dict]]:
+def _summary_rows(results: Sequence[VolumeRow]) -> Tuple[Optional[dict], Dict[str, dict]]:
     if not results:
         return None, {}
     rows = summarize(results)
@@ -198,7 +199,7 @@ def evaluate_folder(
     source = source or getattr(model, "source_checkpoint", "unknown")
     was_training = model.training
     model.to(dev).eval()
-    results: List[VolumeResult] = []
+    results: List[VolumeRow] = []
     unscored: List[Dict[str, str]] = []
     pending: Dict[int, np.ndarray] = {}
     start = time.time()
@@ -230,7 +231,7 @@ def evaluate_folder(
             unscored.append({"fname": name, "reason": reason})
             text = f"not scored ({reason})"
         else:
-            results.append(VolumeResult(name, acq, int(acc), int(recon.shape[0]), **scores))
+            results.append(VolumeRow(name, acq, int(acc), int(recon.shape[0]), **scores))
             text = f"ssim={scores['ssim']:.4f} psnr={scores['psnr']:.2f} nmse={scores['nmse']:.4g}"
         if log is not None:
             log(f"[{len(results) + len(unscored)}/{len(table)}] {name} {acq} {recon.shape[0]} slices x{acc} "

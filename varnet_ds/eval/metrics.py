@@ -35,20 +35,9 @@ import torch
 from fastmri.data.transforms import center_crop
 
 from varnet_ds.distributed import all_gather_object
+from varnet_ds.run_folder import VolumeRow
 
 METRIC_NAMES = ("ssim", "psnr", "nmse")
-
-
-class VolumeResult(NamedTuple):
-    """Metrics of one volume at one acceleration (plain Python types, picklable for ``all_gather_object``)."""
-
-    fname: str
-    acquisition: str
-    acceleration: int
-    num_slices: int
-    ssim: float
-    psnr: float
-    nmse: float
 
 
 class MetricStats(NamedTuple):
@@ -136,7 +125,7 @@ def _slice_array(x: Any, what: str, fname: str) -> np.ndarray:
 
 
 class VolumeAccumulator:
-    """Collects per-slice reconstructions on one rank and turns complete volumes into :class:`VolumeResult`.
+    """Collects per-slice reconstructions on one rank and turns complete volumes into :class:`VolumeRow`.
 
     Slices live on the CPU as float32 numpy arrays (a 320x320 slice pair is 0.8 MB). Repeats of
     ``(fname, acceleration, slice_num)`` (padding added by distributed samplers) are ignored, as are files
@@ -206,7 +195,7 @@ class VolumeAccumulator:
         self._meta[key] = meta
         slices[slice_num] = (target_arr, recon_arr)
 
-    def compute_local(self) -> List[VolumeResult]:
+    def compute_local(self) -> List[VolumeRow]:
         """Metrics of every volume held by this rank (slices stacked in slice order), sorted."""
         results = []
         for (name, accel), slices in sorted(self._slices.items()):
@@ -217,18 +206,18 @@ class VolumeAccumulator:
             recon = np.stack([slices[s][1] for s in order])
             acquisition, maxval = self._meta[(name, accel)]
             m = volume_metrics(target, recon, maxval)
-            results.append(VolumeResult(name, acquisition, accel, len(order), m["ssim"], m["psnr"], m["nmse"]))
+            results.append(VolumeRow(name, acquisition, accel, len(order), m["ssim"], m["psnr"], m["nmse"]))
         return results
 
 
-def gather(results: Sequence[VolumeResult]) -> List[VolumeResult]:
+def gather(results: Sequence[VolumeRow]) -> List[VolumeRow]:
     """All ranks' results on every rank, de-duplicated by ``(fname, acceleration)`` and sorted.
 
     Uses ``torch.distributed.all_gather_object`` when a process group is initialised (a collective: call it
     on every rank; with NCCL the current CUDA device must be set), otherwise returns the input de-duplicated.
     """
-    merged = [VolumeResult(*r) for r in all_gather_object([tuple(r) for r in results])]
-    unique: Dict[Tuple[str, int], VolumeResult] = {}
+    merged = [VolumeRow(*r) for r in all_gather_object([tuple(r) for r in results])]
+    unique: Dict[Tuple[str, int], VolumeRow] = {}
     for r in merged:
         key = (r.fname, r.acceleration)
         if key in unique:
@@ -253,7 +242,7 @@ def aggregate_stats(values: Sequence[float]) -> MetricStats:
     return MetricStats(float(arr.mean()), two_std, int(arr.size))
 
 
-def _row(results: Sequence[VolumeResult], **keys: Any) -> Dict[str, Any]:
+def _row(results: Sequence[VolumeRow], **keys: Any) -> Dict[str, Any]:
     row: Dict[str, Any] = dict(keys)
     for name in METRIC_NAMES:
         stats = aggregate_stats([getattr(r, name) for r in results])
@@ -263,7 +252,7 @@ def _row(results: Sequence[VolumeResult], **keys: Any) -> Dict[str, Any]:
     return row
 
 
-def summarize(results: Sequence[VolumeResult]) -> List[Dict[str, Any]]:
+def summarize(results: Sequence[VolumeRow]) -> List[Dict[str, Any]]:
     """Rows for ``metrics.jsonl``: overall, per acquisition, per acceleration, per acquisition x acceleration.
 
     Every row has ``ssim, psnr, nmse`` (means over volumes), ``ssim_2std, psnr_2std, nmse_2std`` (2 * sample
@@ -280,9 +269,9 @@ def summarize(results: Sequence[VolumeResult]) -> List[Dict[str, Any]]:
     results = list(results)
     if not results:
         raise ValueError("summarize: no volume results (was the evaluation set empty?)")
-    by_acq: Dict[str, List[VolumeResult]] = defaultdict(list)
-    by_accel: Dict[int, List[VolumeResult]] = defaultdict(list)
-    by_both: Dict[Tuple[str, int], List[VolumeResult]] = defaultdict(list)
+    by_acq: Dict[str, List[VolumeRow]] = defaultdict(list)
+    by_accel: Dict[int, List[VolumeRow]] = defaultdict(list)
+    by_both: Dict[Tuple[str, int], List[VolumeRow]] = defaultdict(list)
     for r in results:
         by_acq[r.acquisition].append(r)
         by_accel[r.acceleration].append(r)

@@ -27,16 +27,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from varnet_ds.eval.metrics import VolumeResult
 from varnet_ds.files import atomic_path, atomic_write_json
+from varnet_ds.run_folder import VOLUME_COLUMNS, VolumeRow
 
 CRITERION_SPLIT = "val_knee"
 CRITERION_METRIC = "ssim"
 CRITERION = f"{CRITERION_SPLIT}/{CRITERION_METRIC}"
-VOLUME_COLUMNS = ("fname", "acquisition", "acceleration", "num_slices", "ssim", "psnr", "nmse")
 
 
-def volume_table_rows(volumes: Sequence[VolumeResult]) -> List[List[Any]]:
+def volume_table_rows(volumes: Sequence[VolumeRow]) -> List[List[Any]]:
     """Rows of a ``{split}_per_volume*.csv`` table in :data:`VOLUME_COLUMNS` order."""
     return [[v.fname, v.acquisition, v.acceleration, v.num_slices, v.ssim, v.psnr, v.nmse] for v in volumes]
 

@@ -18,8 +18,9 @@ from fastmri.data.transforms import center_crop, complex_center_crop
 from varnet_ds.data.datasets import build_eval_dataset, volume_table
 from varnet_ds.data.samplers import DistributedVolumeSampler, build_loader
 from varnet_ds.distributed import DistInfo
-from varnet_ds.eval.metrics import VolumeAccumulator, VolumeResult, gather, summarize
+from varnet_ds.eval.metrics import VolumeAccumulator, gather, summarize
 from varnet_ds.model.step import crop_pair, model_inputs
+from varnet_ds.run_folder import VolumeRow
 
 
 @dataclass
@@ -39,7 +40,7 @@ class EvalOutput:
     """What one split's evaluation produced (identical on every rank)."""
 
     rows: List[dict]
-    volumes: List[VolumeResult]
+    volumes: List[VolumeRow]
     panels: Optional[Dict[str, np.ndarray]] = None  # zero_filled / reconstruction / target / error (rank 0)
 
 
@@ -68,7 +69,7 @@ def evaluate_split(model: torch.nn.Module, split: EvalSplit, dist: DistInfo, num
     """
     was_training = model.training
     model.eval()
-    results: List[VolumeResult] = []
+    results: List[VolumeRow] = []
     panels = None
     for pair_index, (cf, acc) in enumerate(split.pairs):
         key = (split.path, split.mask_type, cf, acc, split.max_volumes, tuple(split.skip_files))
@@ -165,7 +166,7 @@ class Validator:
             return
         self.last = {name: EvalOutput(rows=summarize(vols), volumes=vols)
                      for name, rows in state["volumes"].items()
-                     for vols in ([VolumeResult(*r) for r in rows],)}
+                     for vols in ([VolumeRow(*r) for r in rows],)}
         self.last_step = int(state["step"])
 
     def due_after_epoch(self, epoch: int) -> bool:

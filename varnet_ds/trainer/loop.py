@@ -21,12 +21,12 @@ from varnet_ds.config import to_dict
 from varnet_ds.console import EvalConsole, TrainProgress
 from varnet_ds.data.loader import TrainData
 from varnet_ds.distributed import DistInfo, all_reduce_flags, barrier
-from varnet_ds.eval.selection import VOLUME_COLUMNS, ModelSelector, fp32_payload, volume_table_rows
+from varnet_ds.eval.selection import ModelSelector, fp32_payload, volume_table_rows
 from varnet_ds.eval.validate import EvalOutput, Validator
 from varnet_ds.exits import EXIT_REQUEUE  # after a SIGTERM/SIGUSR1 checkpoint: "resume me"
 from varnet_ds.files import atomic_path
 from varnet_ds.model.step import train_loss
-from varnet_ds.run_folder import FINAL_WEIGHTS, FINISHED, output_files, write_finished
+from varnet_ds.run_folder import FINAL_WEIGHTS, FINISHED, VOLUME_COLUMNS, output_files, write_finished
 from varnet_ds.system import peak_memory_gib, reset_peak_memory
 from varnet_ds.tracking.tracker import Tracker
 from varnet_ds.trainer import checkpoint as ckpt

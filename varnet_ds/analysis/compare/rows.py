@@ -9,16 +9,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from varnet_ds.analysis.runs import (
-    METRICS,
-    VAL_SPLITS,
-    Run,
-    VolumeRow,
-    breakdown_sort_key,
-    format_breakdown,
-    last_row_per_epoch,
-)
+from varnet_ds.analysis.runs import METRICS, VAL_SPLITS, Run, breakdown_sort_key, format_breakdown, last_row_per_epoch
 from varnet_ds.analysis.stats import HIGHER_IS_BETTER, mean_ci
+from varnet_ds.run_folder import VolumeRow
 
 
 @dataclass

@@ -17,16 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from varnet_ds.analysis.runs import (
-    SPLITS,
-    VAL_SPLITS,
-    CompareError,
-    Run,
-    VolumeRow,
-    cfg_get,
-    normalise_rows,
-    volume_rows,
-)
+from varnet_ds.analysis.runs import SPLITS, VAL_SPLITS, CompareError, Run, cfg_get, normalise_rows, volume_rows
+from varnet_ds.run_folder import VolumeRow
 
 STEP_KEY = "trainer/step"
 EPOCH_KEY = "trainer/epoch"

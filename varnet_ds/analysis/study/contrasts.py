@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from varnet_ds.analysis.runs import VolumeRow
 from varnet_ds.analysis.stats import (
     BOOTSTRAP_SEED,
     LEVEL,
@@ -30,6 +29,7 @@ from varnet_ds.analysis.stats import (
     wilcoxon_p,
     wins_losses,
 )
+from varnet_ds.run_folder import VolumeRow
 
 
 def contrast_method(n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> str:

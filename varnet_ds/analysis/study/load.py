@@ -26,9 +26,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from varnet_ds import run_folder, study_folder
 from varnet_ds.analysis.provenance import check_data_identity
-from varnet_ds.analysis.runs import CompareError, Run, VolumeRow, cfg_get, flatten, load_run, read_per_volume
+from varnet_ds.analysis.runs import CompareError, Run, cfg_get, flatten, load_run, read_per_volume
 from varnet_ds.run_folder import CHECKPOINT_KINDS as CHECKPOINTS
-from varnet_ds.run_folder import SELECTED, run_name, table_name
+from varnet_ds.run_folder import SELECTED, VolumeRow, run_name, table_name
 
 STUDY_SPLITS = ("val_brain", "val_knee")
 
