@@ -28,14 +28,16 @@ METRIC = "ssim"
 DATA_PATHS = ("data.train_path", "data.val_path", "data.transfer_path")
 
 
-def _fixed(overrides: List[str]) -> List[str]:
+def _trained(overrides: List[str]) -> List[str]:
+    """Overrides that set what is trained, here: a rerun with other epochs is another design (unlike the runner's
+    ``studies.runner._fixed``, which lets a rerun of the same study extend its length)."""
     return [o for o in overrides if override_key(o) not in DATA_PATHS and not may_differ(override_key(o))]
 
 
 def design(spec: Mapping[str, Any]) -> Dict[str, Any]:
     """``study.json``'s ``design`` from a ``study.yaml`` mapping: what the runs train, less machine keys."""
-    return {"config": spec.get("config"), "overrides": _fixed(list(spec.get("overrides") or [])),
-            "arms": {arm: _fixed(list(o)) for arm, o in (spec.get("arms") or {}).items()}}
+    return {"config": spec.get("config"), "overrides": _trained(list(spec.get("overrides") or [])),
+            "arms": {arm: _trained(list(o)) for arm, o in (spec.get("arms") or {}).items()}}
 
 
 def _seeds(summary: Mapping[str, Any]) -> Dict[str, List[int]]:
